@@ -1,0 +1,314 @@
+"""Per-shard candidate score files (Parquet): the one writer and reader.
+
+One row per candidate. Columns:
+
+- ``id`` (string), ``ok`` (bool), ``bad_reason`` (string, null when ok)
+- ``loss`` (float64), ``n_tokens`` (int32)
+- ``benefit_mean``, ``benefit_frac_pos``, ``benefit_min``, ``benefit_max`` (float64) over the M seeds
+- ``top_helped`` / ``top_harmed`` (list<string>, seed ids) with ``top_helped_values`` /
+  ``top_harmed_values`` (list<float64>): the k seeds with the largest / smallest benefit
+- ``benefit`` (list<float32> of length M; null when M > ``full_benefit_max_seeds`` or the row is bad)
+- ``feature`` (list<float32> of length feature_dim; null when the row is bad)
+
+Sign convention: ``benefit[s] = b_s(z) = sum_layers <V_s, grad_W loss(z)>`` with
+``V_s = H^-1 grad_W loss(s)``; positive means a gradient step on z lowers the loss of seed s.
+
+Seed ids live in the Parquet schema metadata under ``gdig.seed_ids`` (a JSON list), so a file is
+self-describing. Files are written through :func:`gdig_core.io.atomic_path`: a file that exists
+under its final name was closed successfully.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gdig_core.io import atomic_path
+
+FORMAT_VERSION = "1"
+META_SEED_IDS = b"gdig.seed_ids"
+META_FEATURE_DIM = b"gdig.feature_dim"
+META_BENEFIT_STORED = b"gdig.benefit_stored"
+META_VERSION = b"gdig.score_format"
+
+SCHEMA_FIELDS: list[pa.Field] = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("ok", pa.bool_(), nullable=False),
+    pa.field("bad_reason", pa.string()),
+    pa.field("loss", pa.float64()),
+    pa.field("n_tokens", pa.int32()),
+    pa.field("benefit_mean", pa.float64()),
+    pa.field("benefit_frac_pos", pa.float64()),
+    pa.field("benefit_min", pa.float64()),
+    pa.field("benefit_max", pa.float64()),
+    pa.field("top_helped", pa.list_(pa.string())),
+    pa.field("top_helped_values", pa.list_(pa.float64())),
+    pa.field("top_harmed", pa.list_(pa.string())),
+    pa.field("top_harmed_values", pa.list_(pa.float64())),
+    pa.field("benefit", pa.list_(pa.float32())),
+    pa.field("feature", pa.list_(pa.float32())),
+]
+COLUMNS = [f.name for f in SCHEMA_FIELDS]
+
+
+def score_schema(seed_ids: Sequence[str], feature_dim: int, benefit_stored: bool) -> pa.Schema:
+    """The Arrow schema of a score shard, with the seed ids and sizes in its metadata."""
+    meta = {
+        META_SEED_IDS: json.dumps(list(seed_ids)).encode(),
+        META_FEATURE_DIM: str(int(feature_dim)).encode(),
+        META_BENEFIT_STORED: b"1" if benefit_stored else b"0",
+        META_VERSION: FORMAT_VERSION.encode(),
+    }
+    return pa.schema(SCHEMA_FIELDS, metadata=meta)
+
+
+@dataclass
+class ScoreBatch:
+    """Scores of B candidates against M seeds, as produced by one scoring batch.
+
+    ``benefit`` is [B, M] and ``features`` [B, d]; rows where ``ok`` is False may hold anything
+    (they are written as nulls/NaN). ``bad_reason[i]`` is None for ok rows.
+    """
+
+    ids: list[str]
+    ok: np.ndarray  # bool [B]
+    bad_reason: list[str | None]
+    loss: np.ndarray  # float64 [B]
+    n_tokens: np.ndarray  # int [B]
+    benefit: np.ndarray  # float32 [B, M]
+    features: np.ndarray  # float32 [B, d]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _top_k(values: np.ndarray, seed_ids: Sequence[str], k: int, largest: bool) -> tuple[list, list]:
+    order = np.argsort(-values if largest else values, kind="stable")[:k]
+    return [seed_ids[j] for j in order], [float(values[j]) for j in order]
+
+
+def _batch_table(batch: ScoreBatch, schema: pa.Schema, seed_ids: Sequence[str], top_k: int) -> pa.Table:
+    n = len(batch)
+    m = len(seed_ids)
+    stored = schema.metadata[META_BENEFIT_STORED] == b"1"
+    d = int(schema.metadata[META_FEATURE_DIM])
+    ben = np.asarray(batch.benefit, dtype=np.float64).reshape(n, m)
+    feats = np.asarray(batch.features, dtype=np.float32).reshape(n, d)
+    ok = np.asarray(batch.ok, dtype=bool).reshape(n)
+    k = min(top_k, m)
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    for i in range(n):
+        good = bool(ok[i])
+        cols["id"].append(str(batch.ids[i]))
+        cols["ok"].append(good)
+        cols["bad_reason"].append(None if good else (batch.bad_reason[i] or "unknown"))
+        loss = float(batch.loss[i])
+        cols["loss"].append(loss if np.isfinite(loss) else None)
+        cols["n_tokens"].append(int(batch.n_tokens[i]))
+        if good and m > 0:
+            row = ben[i]
+            cols["benefit_mean"].append(float(row.mean()))
+            cols["benefit_frac_pos"].append(float((row > 0).mean()))
+            cols["benefit_min"].append(float(row.min()))
+            cols["benefit_max"].append(float(row.max()))
+            ids_h, vals_h = _top_k(row, seed_ids, k, largest=True)
+            ids_x, vals_x = _top_k(row, seed_ids, k, largest=False)
+            cols["top_helped"].append(ids_h)
+            cols["top_helped_values"].append(vals_h)
+            cols["top_harmed"].append(ids_x)
+            cols["top_harmed_values"].append(vals_x)
+            cols["benefit"].append(ben[i].astype(np.float32).tolist() if stored else None)
+            cols["feature"].append(feats[i].tolist())
+        else:
+            for c in ("benefit_mean", "benefit_frac_pos", "benefit_min", "benefit_max"):
+                cols[c].append(None)
+            for c in ("top_helped", "top_helped_values", "top_harmed", "top_harmed_values"):
+                cols[c].append([])
+            cols["benefit"].append(None)
+            cols["feature"].append(feats[i].tolist() if good else None)
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+class ScoreShardWriter:
+    """Streams :class:`ScoreBatch` es into one Parquet file, renamed into place on a clean exit.
+
+    Use as a context manager; each :meth:`write` becomes one row group, so memory stays bounded
+    by the batch size whatever the shard size. An exception inside the block leaves no file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        seed_ids: Sequence[str],
+        feature_dim: int,
+        full_benefit_max_seeds: int = 1024,
+        top_k_seeds: int = 5,
+    ) -> None:
+        self.path = Path(path)
+        self.seed_ids = [str(s) for s in seed_ids]
+        self.schema = score_schema(self.seed_ids, feature_dim, len(self.seed_ids) <= full_benefit_max_seeds)
+        self.top_k = top_k_seeds
+        self.n_rows = 0
+        self._stack = ExitStack()
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> ScoreShardWriter:
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+        return self
+
+    def write(self, batch: ScoreBatch) -> None:
+        if self._writer is None:
+            raise RuntimeError("ScoreShardWriter.write outside its `with` block")
+        if len(batch) == 0:
+            return
+        self._writer.write_table(_batch_table(batch, self.schema, self.seed_ids, self.top_k))
+        self.n_rows += len(batch)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self._writer is not None:
+            self._writer.close()  # even on error: the temp file is then deleted by atomic_path
+            self._writer = None
+        return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+def write_score_shard(
+    path: str | Path,
+    batches: Iterable[ScoreBatch],
+    seed_ids: Sequence[str],
+    feature_dim: int,
+    full_benefit_max_seeds: int = 1024,
+    top_k_seeds: int = 5,
+) -> int:
+    """Write all ``batches`` to ``path`` atomically; returns the number of rows written."""
+    with ScoreShardWriter(path, seed_ids, feature_dim, full_benefit_max_seeds, top_k_seeds) as w:
+        for b in batches:
+            w.write(b)
+    return w.n_rows
+
+
+@dataclass
+class ScoreTable:
+    """All rows of one or more score shards, as numpy arrays (N rows, M seeds, d features).
+
+    Bad rows (``ok`` False) have NaN summaries, NaN ``benefit`` and ``features`` rows and empty
+    top-k lists. ``benefit`` is None when any shard stored only summaries (M too large).
+    """
+
+    ids: np.ndarray  # object [N]
+    ok: np.ndarray  # bool [N]
+    bad_reason: np.ndarray  # object [N], None for ok rows
+    loss: np.ndarray  # float64 [N]
+    n_tokens: np.ndarray  # int32 [N]
+    benefit_mean: np.ndarray  # float64 [N]
+    benefit_frac_pos: np.ndarray
+    benefit_min: np.ndarray
+    benefit_max: np.ndarray
+    benefit: np.ndarray | None  # float32 [N, M]
+    features: np.ndarray  # float32 [N, d]
+    seed_ids: list[str]
+    top_helped: list[list[str]]
+    top_helped_values: list[list[float]]
+    top_harmed: list[list[str]]
+    top_harmed_values: list[list[float]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _float_col(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _matrix_col(table: pa.Table, name: str, width: int) -> np.ndarray:
+    """A list<float32> column as an [N, width] array; null rows become NaN."""
+    values = table.column(name).to_pylist()
+    out = np.full((len(values), width), np.nan, dtype=np.float32)
+    for i, v in enumerate(values):
+        if v is not None:
+            out[i] = v
+    return out
+
+
+def read_seed_ids(path: str | Path) -> list[str]:
+    """The seed ids stored in a shard's schema metadata."""
+    meta = pq.read_schema(path).metadata or {}
+    return list(json.loads(meta[META_SEED_IDS]))
+
+
+def read_scores(paths: Sequence[str | Path] | str | Path) -> ScoreTable:
+    """Read and concatenate score shards (in the given order). All must share the same seed ids."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ValueError("read_scores: no shard paths given")
+    tables = []
+    seed_ids: list[str] | None = None
+    feature_dim: int | None = None
+    stored = True
+    for p in paths:
+        t = pq.read_table(p)
+        meta = t.schema.metadata or {}
+        sids = list(json.loads(meta[META_SEED_IDS]))
+        fdim = int(meta[META_FEATURE_DIM])
+        if seed_ids is None:
+            seed_ids, feature_dim = sids, fdim
+        elif sids != seed_ids or fdim != feature_dim:
+            raise ValueError(f"{p}: seed ids or feature dimension differ from {paths[0]}")
+        stored = stored and meta.get(META_BENEFIT_STORED) == b"1"
+        tables.append(t.select(COLUMNS).replace_schema_metadata(None))
+    table = pa.concat_tables(tables)
+    assert seed_ids is not None and feature_dim is not None
+    return ScoreTable(
+        ids=np.array(table.column("id").to_pylist(), dtype=object),
+        ok=table.column("ok").to_numpy(zero_copy_only=False).astype(bool),
+        bad_reason=np.array(table.column("bad_reason").to_pylist(), dtype=object),
+        loss=_float_col(table, "loss"),
+        n_tokens=table.column("n_tokens").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32),
+        benefit_mean=_float_col(table, "benefit_mean"),
+        benefit_frac_pos=_float_col(table, "benefit_frac_pos"),
+        benefit_min=_float_col(table, "benefit_min"),
+        benefit_max=_float_col(table, "benefit_max"),
+        benefit=_matrix_col(table, "benefit", len(seed_ids)) if stored else None,
+        features=_matrix_col(table, "feature", feature_dim),
+        seed_ids=seed_ids,
+        top_helped=table.column("top_helped").to_pylist(),
+        top_helped_values=table.column("top_helped_values").to_pylist(),
+        top_harmed=table.column("top_harmed").to_pylist(),
+        top_harmed_values=table.column("top_harmed_values").to_pylist(),
+    )
+
+
+def verify_score_shard(path: str | Path, expected_ids: Sequence[str] | None = None) -> bool:
+    """True when ``path`` is a readable, complete score shard (for resume checks).
+
+    Checks the footer parses, all columns and the seed-id metadata are present, ids are unique,
+    and, when ``expected_ids`` is given, that exactly those ids are present.
+    """
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        meta = schema.metadata or {}
+        if META_SEED_IDS not in meta or META_FEATURE_DIM not in meta:
+            return False
+        json.loads(meta[META_SEED_IDS])
+        if any(name not in schema.names for name in COLUMNS):
+            return False
+        ids = pf.read(columns=["id"]).column("id").to_pylist()
+    except Exception:  # any unreadable file is simply "not done": the shard is recomputed
+        return False
+    if len(set(ids)) != len(ids):
+        return False
+    if expected_ids is not None and sorted(ids) != sorted(str(i) for i in expected_ids):
+        return False
+    return True
