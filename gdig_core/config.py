@@ -1,0 +1,357 @@
+"""Pydantic models for every pipeline stage, loaded from YAML with ``--set a.b=c`` overrides.
+
+Each stage has its own section so that cache keys can hash exactly the settings a stage depends on.
+Unknown keys are errors (``extra="forbid"``): a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mt"
+
+#: Language codes the prompt knows a name for; others need an entry in ``prompt.language_names``.
+LANGUAGE_NAMES: dict[str, str] = {
+    "en": "English",
+    "de": "German",
+    "zh": "Chinese",
+    "cs": "Czech",
+    "ru": "Russian",
+    "is": "Icelandic",
+    "ja": "Japanese",
+    "fr": "French",
+    "es": "Spanish",
+    "uk": "Ukrainian",
+    "ha": "Hausa",
+}
+
+#: The prompt of the official G-DIG code; ``{tgt_lang_name}`` and ``{src}`` are filled in.
+GDIG_PROMPT = 'Translate the following text into {tgt_lang_name}\n\nText:\n"{src}"\n\n'
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key path that caused it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSpec(Section):
+    """One dataset on disk: a single file, or two line-aligned text files (``path`` + ``tgt_path``)."""
+
+    path: str
+    format: Literal["auto", "jsonl", "tsv", "parallel", "parquet", "hf"] = "auto"
+    tgt_path: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+    #: Take at most this many rows (deterministic: the first after a seeded shuffle).
+    sample: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _parallel_needs_target(self) -> DatasetSpec:
+        if self.format == "parallel" and not self.tgt_path:
+            raise ValueError("format 'parallel' needs tgt_path (the line-aligned target file)")
+        return self
+
+
+class DataConfig(Section):
+    #: Directory that relative dataset paths are resolved against.
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    pool: DatasetSpec = DatasetSpec(path="de-en/pool.wmt17-20.jsonl")
+    seed: DatasetSpec = DatasetSpec(path="de-en/flores.dev.tsv", sample=200)
+    #: Bad pool rows go to a quarantine file and are counted (seed and test sets always fail hard).
+    quarantine_pool: bool = True
+    dedup: bool = True
+    #: Longest allowed source or target, in characters.
+    max_chars: int = Field(default=1000, gt=0)
+    sample_seed: int = 0
+
+
+class PromptConfig(Section):
+    template: str = GDIG_PROMPT
+    language_names: dict[str, str] = Field(default_factory=dict)
+    max_length: int = Field(default=256, gt=8)
+    #: Which side of an over-long prompt is cut; the target is never cut before the prompt is.
+    truncation_side: Literal["left", "right"] = "left"
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_source(cls, value: str) -> str:
+        if "{src}" not in value:
+            raise ValueError("the prompt template must contain '{src}'")
+        return value
+
+
+class TinyModelConfig(Section):
+    architecture: Literal["llama", "gemma3", "qwen2"] = "llama"
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    vocab_size: int = 1000
+    #: Texts of the pool used to train the BPE tokenizer.
+    tokenizer_texts: int = 4000
+
+
+class ModelConfig(Section):
+    #: "tiny" (built from ``tiny``), "gemma-3-270m" (offline GGUF package), a hub id or a local dir.
+    name: str = "tiny"
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    #: Prepend the BOS token to every example (Gemma needs it, whatever its tokenizer does).
+    add_bos: bool = True
+
+
+class LoraConfig(Section):
+    r: int = Field(default=16, gt=0)
+    alpha: int = 32
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class TrainConfig(Section):
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    learning_rate: float = Field(default=2e-5, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None
+    seed: int = 0
+    save_every: int | None = Field(default=None, gt=0)
+
+
+class ReferenceConfig(Section):
+    """Step 1: finetune the base model on (a sample of) the pool to get the reference model."""
+
+    enabled: bool = True
+    sample: int | None = Field(default=None, gt=0)
+    train: TrainConfig = TrainConfig()
+
+
+class CurvatureConfig(Section):
+    method: Literal["ekfac", "kfac", "identity"] = "ekfac"
+    fisher: Literal["true", "empirical"] = "empirical"
+    #: Module name patterns (fnmatch) of the tracked nn.Linear layers, or a preset.
+    modules: list[str] = Field(default_factory=lambda: ["*mlp.gate_proj", "*mlp.up_proj", "*mlp.down_proj"])
+    preset: Literal["mlp", "gdig-official", "custom"] = "mlp"
+    sample: int | None = Field(default=None, gt=0)
+    shard_size: int = Field(default=512, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    #: Damping = damping_factor * mean eigenvalue (relative) or damping_factor itself (absolute).
+    damping_factor: float = Field(default=0.1, ge=0)
+    damping_mode: Literal["relative", "absolute"] = "relative"
+    eig_dtype: Literal["float64", "float32"] = "float64"
+    sampling_seed: int = 0
+
+
+class ScoringConfig(Section):
+    shard_size: int = Field(default=256, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    #: Compress each preconditioned seed gradient to this rank (None: exact).
+    seed_rank: int | None = Field(default=None, gt=0)
+    loss_normalisation: Literal["token", "sequence"] = "sequence"
+    feature_dim: int = Field(default=256, gt=0)
+    feature_seed: int = 0
+    #: Store the full benefit vector when the seed set is at most this large, else only summaries.
+    full_benefit_max_seeds: int = Field(default=1024, gt=0)
+    top_k_seeds: int = Field(default=5, gt=0)
+
+
+class SelectionConfig(Section):
+    budgets: list[int] = Field(default_factory=lambda: [100])
+    methods: list[Literal["gdig", "quality", "diversity", "random", "full"]] = Field(
+        default_factory=lambda: ["gdig", "quality", "diversity", "random", "full"]
+    )
+    #: fraction: benefit_frac_pos >= tau (the paper); topk: the top_k by mean benefit;
+    #: min_mean: benefit_mean >= min_mean. Every rule ranks the quality set by mean benefit.
+    quality_rule: Literal["fraction", "topk", "min_mean"] = "fraction"
+    tau: float = Field(default=1.0, ge=0, le=1)
+    min_mean: float = 0.0
+    #: Size of the quality set under quality_rule=topk; None ties it to the budget (4 x budget).
+    top_k: int | None = Field(default=None, gt=0)
+    #: k-means K; None ties it to the budget (budget // cluster_size_hint, at least 2).
+    n_clusters: int | None = Field(default=None, gt=0)
+    cluster_size_hint: int = Field(default=10, gt=0)
+    #: auto: full Lloyd k-means up to 50,000 points, MiniBatchKMeans above (pool scale).
+    kmeans_algorithm: Literal["auto", "lloyd", "minibatch"] = "auto"
+    kmeans_max_iter: int = Field(default=100, gt=0)
+    #: Budget larger than the quality set: take_all (select the whole quality set, say so) or
+    #: top_up (fill from the next-best eligible candidates by mean benefit, each marked top_up).
+    shortfall: Literal["take_all", "top_up"] = "top_up"
+    seed: int = 0
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive_budgets(cls, value: list[int]) -> list[int]:
+        if not value or any(b <= 0 for b in value):
+            raise ValueError("budgets must be a non-empty list of positive integers")
+        return value
+
+
+class FinetuneConfig(Section):
+    """Step 7: finetune the base model on each selection."""
+
+    enabled: bool = True
+    train: TrainConfig = TrainConfig()
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+
+class TestSetSpec(DatasetSpec):
+    name: str
+
+
+class EvaluationConfig(Section):
+    enabled: bool = True
+    test_sets: list[TestSetSpec] = Field(
+        default_factory=lambda: [
+            TestSetSpec(name="flores", path="de-en/flores.devtest.de", tgt_path="de-en/flores.devtest.en", format="parallel"),
+            TestSetSpec(name="wmt22", path="de-en/wmt22.de", tgt_path="de-en/wmt22.en", format="parallel"),
+        ]
+    )
+    max_sentences: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    max_new_tokens: int = Field(default=128, gt=0)
+    num_beams: int = Field(default=1, gt=0)
+    comet_model: str | None = None
+    zero_shot: bool = True
+
+
+class OrchestrationConfig(Section):
+    run_dir: str = "runs"
+    shard_mode: Literal["local", "deployment"] = "local"
+    shard_deployment: str = "gdig-shard/gdig-shard"
+    #: Where shard outputs live when workers run elsewhere (a path or fsspec URL).
+    shared_storage: str | None = None
+    gpu_concurrency_limit: str = "gpu"
+    max_workers: int = Field(default=1, gt=0)
+    retries: int = Field(default=2, ge=0)
+    retry_delay_seconds: float = Field(default=2.0, ge=0)
+
+
+class GdigConfig(Section):
+    name: str = "gdig"
+    data: DataConfig = DataConfig()
+    prompt: PromptConfig = PromptConfig()
+    model: ModelConfig = ModelConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    curvature: CurvatureConfig = CurvatureConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    selection: SelectionConfig = SelectionConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    def section_json(self, *names: str) -> str:
+        """Canonical JSON of the named sections, for cache keys."""
+        dumped = self.model_dump(mode="json")
+        return json.dumps({n: dumped[n] for n in names}, sort_keys=True)
+
+    def language_name(self, code: str) -> str:
+        names = {**LANGUAGE_NAMES, **self.prompt.language_names}
+        if code not in names:
+            raise ConfigError(f"prompt.language_names: no name for language code {code!r}")
+        return names[code]
+
+
+def _parse_override_value(text: str) -> Any:
+    """``--set`` values are YAML scalars/lists: ``3``, ``0.1``, ``true``, ``[1000, 2000]``, ``null``."""
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_override_value(value)
+    return raw
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into a copy of ``base``; nested mappings merge, anything else replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GdigConfig:
+    try:
+        return GdigConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> GdigConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    Raises ConfigError naming the file, the key path and the reason.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = loaded
+    # A section given in part keeps the defaults of the keys it leaves out.
+    raw = deep_merge(GdigConfig().model_dump(mode="json"), raw)
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, source)
+
+
+def resolve_data_path(cfg: DataConfig, path: str) -> Path:
+    """Resolve a dataset path against ``data_dir`` unless absolute or existing as given."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return Path(cfg.data_dir) / p

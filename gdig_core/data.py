@@ -1,0 +1,395 @@
+"""Readers, validation, dedup and sampling of translation pairs, into one Parquet schema.
+
+Every dataset becomes a pyarrow table with ``PAIR_SCHEMA`` (id, src_lang, tgt_lang, src, tgt).
+A bad row either stops the run with a ``DataError`` naming file, line and field, or, for the pool
+when the config allows it, goes to the quarantine list with its reason; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gdig_core.config import LANGUAGE_NAMES, DataConfig, DatasetSpec, resolve_data_path
+from gdig_core.io import atomic_path, atomic_write_json, text_sha256
+
+PAIR_FIELDS = ("id", "src_lang", "tgt_lang", "src", "tgt")
+PAIR_SCHEMA = pa.schema([(name, pa.string()) for name in PAIR_FIELDS])
+
+Role = Literal["pool", "seed", "test"]
+
+
+class DataError(ValueError):
+    """A fatal data problem, located by file, line (1-based, None for whole-file) and field."""
+
+    def __init__(self, path: str | Path, line: int | None, field_name: str | None, reason: str):
+        self.path, self.line, self.field, self.reason = str(path), line, field_name, reason
+        where = self.path + (f", line {line}" if line is not None else "")
+        what = f"field '{field_name}': " if field_name else ""
+        super().__init__(f"{where}: {what}{reason}")
+
+
+@dataclass
+class RowProblem:
+    """One bad row: where it is, what is wrong, and the raw text for the quarantine file."""
+
+    path: str
+    line: int | None
+    field: str | None
+    reason: str
+    raw: str
+
+    def as_error(self) -> DataError:
+        return DataError(self.path, self.line, self.field, self.reason)
+
+    def as_record(self) -> dict[str, Any]:
+        return {"file": self.path, "line": self.line, "field": self.field, "reason": self.reason, "raw": self.raw}
+
+
+@dataclass
+class LoadResult:
+    table: pa.Table
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content_hash(self) -> str:
+        return table_sha256(self.table)
+
+
+# --------------------------------------------------------------------------------------------
+# Raw readers: each yields (line_number, record dict or RowProblem)
+# --------------------------------------------------------------------------------------------
+
+RawRow = tuple[int | None, "dict[str, Any] | RowProblem"]
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str | RowProblem]]:
+    """Lines of a UTF-8 text file (newline stripped); undecodable lines come back as problems."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            raw = raw.rstrip(b"\r\n")
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, RowProblem(
+                    str(path), number, None, f"undecodable bytes (not UTF-8) at byte {err.start}", repr(raw[:200])
+                )
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRow]:
+    for number, line in _decoded_lines(path):
+        if isinstance(line, RowProblem):
+            yield number, line
+            continue
+        if not line.strip():
+            yield number, RowProblem(str(path), number, None, "empty line", line)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield number, RowProblem(str(path), number, None, f"broken JSON: {err.msg} at column {err.colno}", line)
+            continue
+        if not isinstance(obj, dict):
+            yield number, RowProblem(str(path), number, None, "a JSON line must be an object", line)
+            continue
+        yield number, obj
+
+
+def _read_tsv(path: Path) -> Iterator[RawRow]:
+    for number, line in _decoded_lines(path):
+        if isinstance(line, RowProblem):
+            yield number, line
+            continue
+        cols = line.split("\t")
+        if len(cols) != 2:
+            yield number, RowProblem(str(path), number, None, f"expected 2 tab-separated columns, found {len(cols)}", line)
+            continue
+        yield number, {"src": cols[0], "tgt": cols[1]}
+
+
+def _read_parallel(src_path: Path, tgt_path: Path) -> Iterator[RawRow]:
+    src_lines = list(_decoded_lines(src_path))
+    tgt_lines = list(_decoded_lines(tgt_path))
+    if len(src_lines) != len(tgt_lines):
+        # A count mismatch means every pair after the first gap is misaligned: never recoverable.
+        raise DataError(
+            tgt_path, None, None, f"has {len(tgt_lines)} lines but {src_path} has {len(src_lines)}: not line-aligned"
+        )
+    for (number, src), (_, tgt) in zip(src_lines, tgt_lines, strict=True):
+        for side in (src, tgt):
+            if isinstance(side, RowProblem):
+                yield number, side
+                break
+        else:
+            yield number, {"src": src, "tgt": tgt}
+
+
+def _read_table_rows(table: pa.Table, path: Path) -> Iterator[RawRow]:
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield number, row
+
+
+def _raw_rows(spec: DatasetSpec, path: Path, tgt_path: Path | None) -> Iterator[RawRow]:
+    fmt = spec.format if spec.format != "auto" else detect_format(path, tgt_path)
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    if fmt == "tsv":
+        return _read_tsv(path)
+    if fmt == "parallel":
+        if tgt_path is None:
+            raise DataError(path, None, None, "parallel text needs tgt_path")
+        return _read_parallel(path, tgt_path)
+    if fmt == "parquet":
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises several types for corrupt files
+            raise DataError(path, None, None, f"cannot read Parquet: {err}") from None
+        return _read_table_rows(table, path)
+    if fmt == "hf":
+        import datasets  # local import: only this format needs the datasets package
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as err:
+            raise DataError(path, None, None, f"cannot load a saved `datasets` dataset: {err}") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise DataError(path, None, None, f"DatasetDict without a 'train' split (has {list(ds)})")
+            ds = ds["train"]
+        return _read_table_rows(ds.data.table, path)
+    raise DataError(path, None, "format", f"unknown format {fmt!r}")
+
+
+def detect_format(path: Path, tgt_path: Path | None = None) -> str:
+    if tgt_path is not None:
+        return "parallel"
+    if path.is_dir():
+        return "hf"
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".tsv":
+        return "tsv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise DataError(path, None, "format", f"cannot tell the format from the name; set format explicitly")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation into the pair schema
+# --------------------------------------------------------------------------------------------
+
+
+def pair_id(src_lang: str, tgt_lang: str, src: str, tgt: str) -> str:
+    """Stable content id for rows that come without one."""
+    return "h" + text_sha256(src_lang, tgt_lang, src, tgt)[:16]
+
+
+def _validate_row(
+    obj: dict[str, Any],
+    path: Path,
+    line: int | None,
+    spec: DatasetSpec,
+    data_cfg: DataConfig,
+    known_langs: set[str],
+) -> dict[str, str] | RowProblem:
+    raw = json.dumps(obj, ensure_ascii=False, default=str)
+    out: dict[str, str] = {}
+    for name in ("src", "tgt"):
+        value = obj.get(name)
+        if name not in obj or value is None:
+            return RowProblem(str(path), line, name, "missing", raw)
+        if not isinstance(value, str):
+            return RowProblem(str(path), line, name, f"must be a string, got {type(value).__name__}", raw)
+        if not value.strip():
+            return RowProblem(str(path), line, name, "empty", raw)
+        if len(value) > data_cfg.max_chars:
+            return RowProblem(str(path), line, name, f"longer than max_chars={data_cfg.max_chars} ({len(value)})", raw)
+        out[name] = value
+    defaults = {"src_lang": spec.src_lang or data_cfg.src_lang, "tgt_lang": spec.tgt_lang or data_cfg.tgt_lang}
+    for name, default in defaults.items():
+        value = obj.get(name, default)
+        if value is None:
+            value = default
+        if not isinstance(value, str) or not value:
+            return RowProblem(str(path), line, name, "must be a non-empty language code", raw)
+        if value not in known_langs:
+            return RowProblem(str(path), line, name, f"unknown language code {value!r}", raw)
+        out[name] = value
+    given_id = obj.get("id")
+    if given_id is not None and not isinstance(given_id, str | int):
+        return RowProblem(str(path), line, "id", f"must be a string or integer, got {type(given_id).__name__}", raw)
+    out["id"] = str(given_id) if given_id is not None and str(given_id) else pair_id(
+        out["src_lang"], out["tgt_lang"], out["src"], out["tgt"]
+    )
+    return out
+
+
+def _percentiles(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (0, 50, 90, 99, 100)}
+
+
+def read_dataset(
+    spec: DatasetSpec,
+    data_cfg: DataConfig,
+    role: Role,
+    language_names: dict[str, str] | None = None,
+) -> LoadResult:
+    """Read one dataset into the pair schema, validating every row.
+
+    Pool rows may be quarantined (``data_cfg.quarantine_pool``); seed and test rows never are:
+    any problem there raises ``DataError``. Exact duplicate pairs (same src, tgt and languages)
+    are removed and counted when ``data_cfg.dedup`` is on; a repeated id with different text is
+    an error (ids must identify pairs). ``spec.sample`` takes a seeded, order-preserving sample.
+    """
+    path = resolve_data_path(data_cfg, spec.path)
+    tgt_path = resolve_data_path(data_cfg, spec.tgt_path) if spec.tgt_path else None
+    for p in (path, tgt_path):
+        if p is not None and not p.exists():
+            raise DataError(p, None, None, "no such file or directory")
+    known_langs = set(LANGUAGE_NAMES) | set(language_names or {})
+    quarantine_ok = role == "pool" and data_cfg.quarantine_pool
+
+    rows: list[dict[str, str]] = []
+    problems: list[RowProblem] = []
+    seen_pairs: set[tuple[str, str, str, str]] = set()
+    seen_ids: dict[str, int | None] = {}
+    duplicates = 0
+    rows_read = 0
+    for line, item in _raw_rows(spec, path, tgt_path):
+        rows_read += 1
+        if isinstance(item, dict):
+            item = _validate_row(item, path, line, spec, data_cfg, known_langs)
+        if isinstance(item, dict):
+            key = (item["src_lang"], item["tgt_lang"], item["src"], item["tgt"])
+            if data_cfg.dedup and key in seen_pairs:
+                duplicates += 1
+                continue
+            if item["id"] in seen_ids:
+                item = RowProblem(
+                    str(path), line, "id", f"duplicate id {item['id']!r} (first at line {seen_ids[item['id']]})",
+                    json.dumps(item, ensure_ascii=False),
+                )
+            else:
+                seen_pairs.add(key)
+                seen_ids[item["id"]] = line
+                rows.append(item)
+                continue
+        if not quarantine_ok:
+            raise item.as_error()
+        problems.append(item)
+
+    if not rows:
+        raise DataError(path, None, None, f"no valid pairs ({len(problems)} quarantined)")
+    if spec.sample is not None and spec.sample < len(rows):
+        keep = np.sort(np.random.default_rng(data_cfg.sample_seed).permutation(len(rows))[: spec.sample])
+        rows = [rows[i] for i in keep]
+
+    table = pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
+    stats = {
+        "file": str(path) + (f" + {tgt_path}" if tgt_path else ""),
+        "role": role,
+        "rows_read": rows_read,
+        "rows_kept": table.num_rows,
+        "duplicates_removed": duplicates,
+        "quarantined": len(problems),
+        "quarantined_by_reason": dict(Counter(_reason_key(p.reason) for p in problems)),
+        "languages": dict(Counter(f"{r['src_lang']}-{r['tgt_lang']}" for r in rows)),
+        "src_chars": _percentiles([len(r["src"]) for r in rows]),
+        "tgt_chars": _percentiles([len(r["tgt"]) for r in rows]),
+        "sampled": spec.sample,
+        "content_hash": table_sha256(table),
+    }
+    return LoadResult(table=table, quarantine=[p.as_record() for p in problems], stats=stats)
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons by kind (drop the per-row detail after the first colon or parenthesis)."""
+    return reason.split(":")[0].split(" (")[0].split(" at byte")[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------------------------
+
+
+def table_sha256(table: pa.Table) -> str:
+    """Content hash of a pair table (order-sensitive), for cache keys."""
+    cols = [table.column(n).to_pylist() for n in PAIR_FIELDS]
+    return text_sha256(*("\x1f".join(values) for values in zip(*cols, strict=True)))
+
+
+def write_pairs(table: pa.Table, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_pairs(path: str | Path) -> pa.Table:
+    table = pq.read_table(path)
+    missing = [n for n in PAIR_FIELDS if n not in table.column_names]
+    if missing:
+        raise DataError(path, None, missing[0], "missing column")
+    return table
+
+
+def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def prepare_data(data_cfg: DataConfig, out_dir: str | Path, language_names: dict[str, str] | None = None) -> dict:
+    """Read pool and seed, write ``pool.parquet``, ``seed.parquet``, ``quarantine.jsonl`` and
+    ``data_summary.json`` into ``out_dir``; return the summary (with content hashes)."""
+    out = Path(out_dir)
+    pool = read_dataset(data_cfg.pool, data_cfg, "pool", language_names)
+    seed = read_dataset(data_cfg.seed, data_cfg, "seed", language_names)
+    overlap = set(pool.table.column("src").to_pylist()) & set(seed.table.column("src").to_pylist())
+    if overlap:
+        # Selecting a seed sentence from the pool would leak the objective; keep it visible.
+        pool_ids = [
+            i for i, s in zip(pool.table.column("id").to_pylist(), pool.table.column("src").to_pylist(), strict=True)
+            if s in overlap
+        ]
+        pool.quarantine.extend(
+            {"file": pool.stats["file"], "line": None, "field": "src", "reason": "source also in the seed set", "raw": i}
+            for i in pool_ids
+        )
+        keep = pa.array([s not in overlap for s in pool.table.column("src").to_pylist()])
+        pool.table = pool.table.filter(keep)
+        pool.stats["quarantined"] += len(pool_ids)
+        pool.stats["quarantined_by_reason"]["source also in the seed set"] = len(pool_ids)
+        pool.stats["rows_kept"] = pool.table.num_rows
+        pool.stats["content_hash"] = table_sha256(pool.table)
+    write_pairs(pool.table, out / "pool.parquet")
+    write_pairs(seed.table, out / "seed.parquet")
+    write_jsonl(pool.quarantine, out / "quarantine.jsonl")
+    summary = {"pool": pool.stats, "seed": seed.stats}
+    atomic_write_json(out / "data_summary.json", summary)
+    return summary
+
+
+# Prompting and tokenisation live in gdig_core.encoding; re-exported here because callers think
+# of them as part of "the data layer".
+from gdig_core.encoding import (  # noqa: E402,F401
+    IGNORE_INDEX,
+    EncodedPair,
+    build_prompt,
+    collate,
+    encode_pairs,
+    iter_batches,
+    length_batches,
+    prompt_ids,
+)
