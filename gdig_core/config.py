@@ -131,11 +131,15 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = 1.0
-    bf16: bool = False
+    #: bf16 autocast; None = on when CUDA with bf16 support is used (CPU always trains in fp32).
+    bf16: bool | None = None
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
     seed: int = 0
+    #: Checkpoint every N optimizer steps (None: at the end of every epoch), for resuming.
     save_every: int | None = Field(default=None, gt=0)
+    #: How many of the latest resume checkpoints to keep while training (deleted after success).
+    keep_checkpoints: int = Field(default=1, gt=0)
 
 
 class ReferenceConfig(Section):
@@ -160,6 +164,8 @@ class CurvatureConfig(Section):
     damping_mode: Literal["relative", "absolute"] = "relative"
     eig_dtype: Literal["float64", "float32"] = "float64"
     sampling_seed: int = 0
+    #: Mixed precision for the statistics passes ("bfloat16" on GPUs); statistics sums stay fp32.
+    autocast: Literal["none", "bfloat16", "float16"] = "none"
 
 
 class ScoringConfig(Section):
@@ -173,6 +179,9 @@ class ScoringConfig(Section):
     #: Store the full benefit vector when the seed set is at most this large, else only summaries.
     full_benefit_max_seeds: int = Field(default=1024, gt=0)
     top_k_seeds: int = Field(default=5, gt=0)
+    #: Mixed precision for scoring ("bfloat16" on GPUs): forward/backward and the score products run
+    #: in it, with fp32 accumulation of the benefit; preconditioning itself stays fp32.
+    autocast: Literal["none", "bfloat16", "float16"] = "none"
 
 
 class SelectionConfig(Section):

@@ -201,6 +201,7 @@ def _validate_row(
     spec: DatasetSpec,
     data_cfg: DataConfig,
     known_langs: set[str],
+    role: Role,
 ) -> dict[str, str] | RowProblem:
     raw = json.dumps(obj, ensure_ascii=False, default=str)
     out: dict[str, str] = {}
@@ -212,7 +213,8 @@ def _validate_row(
             return RowProblem(str(path), line, name, f"must be a string, got {type(value).__name__}", raw)
         if not value.strip():
             return RowProblem(str(path), line, name, "empty", raw)
-        if len(value) > data_cfg.max_chars:
+        # Test sets are evaluated whole: the length limit guards training, not evaluation.
+        if role != "test" and len(value) > data_cfg.max_chars:
             return RowProblem(str(path), line, name, f"longer than max_chars={data_cfg.max_chars} ({len(value)})", raw)
         out[name] = value
     defaults = {"src_lang": spec.src_lang or data_cfg.src_lang, "tgt_lang": spec.tgt_lang or data_cfg.tgt_lang}
@@ -228,9 +230,13 @@ def _validate_row(
     given_id = obj.get("id")
     if given_id is not None and not isinstance(given_id, str | int):
         return RowProblem(str(path), line, "id", f"must be a string or integer, got {type(given_id).__name__}", raw)
-    out["id"] = str(given_id) if given_id is not None and str(given_id) else pair_id(
-        out["src_lang"], out["tgt_lang"], out["src"], out["tgt"]
-    )
+    if given_id is not None and str(given_id):
+        out["id"] = str(given_id)
+    elif role == "test":
+        # Test sets may repeat a sentence; every line is scored, so ids are positional.
+        out["id"] = f"{path.name}:{line}"
+    else:
+        out["id"] = pair_id(out["src_lang"], out["tgt_lang"], out["src"], out["tgt"])
     return out
 
 
@@ -251,7 +257,8 @@ def read_dataset(
 
     Pool rows may be quarantined (``data_cfg.quarantine_pool``); seed and test rows never are:
     any problem there raises ``DataError``. Exact duplicate pairs (same src, tgt and languages)
-    are removed and counted when ``data_cfg.dedup`` is on; a repeated id with different text is
+    are removed and counted when ``data_cfg.dedup`` is on (never in a test set, which is
+    evaluated whole, without the length limit); a repeated id with different text is
     an error (ids must identify pairs). ``spec.sample`` takes a seeded, order-preserving sample.
     """
     path = resolve_data_path(data_cfg, spec.path)
@@ -271,15 +278,15 @@ def read_dataset(
     for line, item in _raw_rows(spec, path, tgt_path):
         rows_read += 1
         if isinstance(item, dict):
-            item = _validate_row(item, path, line, spec, data_cfg, known_langs)
+            item = _validate_row(item, path, line, spec, data_cfg, known_langs, role)
         if isinstance(item, dict):
             key = (item["src_lang"], item["tgt_lang"], item["src"], item["tgt"])
-            if data_cfg.dedup and key in seen_pairs:
+            if data_cfg.dedup and role != "test" and key in seen_pairs:
                 duplicates += 1
                 continue
             if item["id"] in seen_ids:
                 item = RowProblem(
-                    str(path), line, "id", f"duplicate id {item['id']!r} (first at line {seen_ids[item['id']]})",
+                    str(path), line, "id", f"duplicate id ({item['id']!r}, first at line {seen_ids[item['id']]})",
                     json.dumps(item, ensure_ascii=False),
                 )
             else:

@@ -1,0 +1,65 @@
+"""``gdig data check``: validate dataset files and print what a pipeline run would see."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gdig_core.config import DataConfig, DatasetSpec
+from gdig_core.data import DataError, read_dataset
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser(
+        "check",
+        help="validate files; print rows, duplicates, quarantined rows by reason, languages, lengths",
+    )
+    check.add_argument("paths", nargs="+", help="dataset files (JSONL, TSV, Parquet, a saved datasets dir)")
+    check.add_argument("--tgt-path", help="target file for line-aligned parallel text (one source path)")
+    check.add_argument("--format", default="auto", choices=["auto", "jsonl", "tsv", "parallel", "parquet", "hf"])
+    check.add_argument("--src-lang", default="de")
+    check.add_argument("--tgt-lang", default="en")
+    check.add_argument("--max-chars", type=int, default=DataConfig().max_chars)
+    check.add_argument(
+        "--strict", action="store_true", help="treat every bad row as fatal (as for seed and test sets)"
+    )
+    check.add_argument("--json", action="store_true", help="print the summary as JSON")
+    check.set_defaults(func=run_check)
+
+
+def _print_summary(stats: dict) -> None:
+    print(f"{stats['file']}")
+    print(f"  rows read          {stats['rows_read']}")
+    print(f"  rows kept          {stats['rows_kept']}")
+    print(f"  duplicates removed {stats['duplicates_removed']}")
+    print(f"  quarantined        {stats['quarantined']}")
+    for reason, count in sorted(stats["quarantined_by_reason"].items()):
+        print(f"    {count:6d}  {reason}")
+    print("  languages          " + ", ".join(f"{k}: {v}" for k, v in stats["languages"].items()))
+    for side in ("src_chars", "tgt_chars"):
+        print(f"  {side:18s} " + " ".join(f"{k}={v:.0f}" for k, v in stats[side].items()))
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if args.tgt_path and len(args.paths) != 1:
+        raise DataError(args.tgt_path, None, None, "--tgt-path pairs with exactly one source path")
+    data_cfg = DataConfig(
+        data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang, max_chars=args.max_chars,
+        quarantine_pool=not args.strict,
+    )
+    summaries = []
+    for path in args.paths:
+        fmt = "parallel" if args.tgt_path else args.format
+        spec = DatasetSpec(path=str(Path(path)), format=fmt, tgt_path=args.tgt_path)
+        result = read_dataset(spec, data_cfg, "pool")
+        summaries.append(result.stats)
+        if not args.json:
+            _print_summary(result.stats)
+            for rec in result.quarantine[:5]:
+                print(f"    e.g. line {rec['line']}: {rec['field'] or '-'}: {rec['reason']}")
+    if args.json:
+        print(json.dumps(summaries, indent=2, ensure_ascii=False))
+    return 0

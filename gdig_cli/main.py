@@ -1,0 +1,45 @@
+"""The ``gdig`` command line: one subcommand module per area, each exposing ``add_parser``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# Each module registers its subcommands with add_parser(subparsers) and sets ``func`` on them.
+COMMAND_MODULES = [
+    "gdig_cli.data_cmd",
+    "gdig_cli.run_cmd",
+    "gdig_cli.train_cmds",
+    "gdig_cli.explain_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gdig",
+        description="G-DIG: gradient-based diverse and high-quality instruction data selection for MT.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is None:  # TODO(lead): remove once every module has landed
+            continue
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gdig_core.config import ConfigError
+    from gdig_core.data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError) as err:
+        print(f"gdig: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
