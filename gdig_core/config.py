@@ -249,8 +249,16 @@ class OrchestrationConfig(Section):
     shard_deployment: str = "gdig-shard/gdig-shard"
     #: Where shard outputs live when workers run elsewhere (a path or fsspec URL).
     shared_storage: str | None = None
+    #: Name of the Prefect global concurrency limit every GPU task holds a slot of.
     gpu_concurrency_limit: str = "gpu"
+    #: Slots of that limit when the pipeline has to create it (None: max_workers); an existing
+    #: limit keeps its own count (``prefect gcl create gpu --limit N`` on a cluster).
+    gpu_slots: int | None = Field(default=None, gt=0)
+    #: Shards (and selections, finetunes, evaluations) run concurrently: threads in local mode,
+    #: deployment runs in flight in deployment mode.
     max_workers: int = Field(default=1, gt=0)
+    #: Retries of a transient failure (I/O, lost worker, OOM at batch size 1), with exponential
+    #: backoff starting at retry_delay_seconds.
     retries: int = Field(default=2, ge=0)
     retry_delay_seconds: float = Field(default=2.0, ge=0)
 
