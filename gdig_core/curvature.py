@@ -1,0 +1,315 @@
+"""K-FAC / EK-FAC curvature: additive partial statistics, merge, eigendecomposition, damping.
+
+Per tracked layer with input ``a`` (in) and output gradient ``g`` (out), over the real (non-pad)
+token positions of the examples (prompt positions included: their activations shape the loss of
+later target tokens through attention, so their ``g`` is not zero; kronfluence counts them too):
+
+- ``A = sum a a^T / n`` [in, in] and ``G = sum g g^T / n`` [out, out] (first pass, K-FAC factors),
+- after eigendecomposition ``A = Q_A diag(eA) Q_A^T``, ``G = Q_G diag(eG) Q_G^T``, EK-FAC refits
+  ``Lambda = sum_z (Q_G^T dW_z Q_A)^2 / n_examples`` [out, in] over per-example gradients
+  ``dW_z = sum_t g_t a_t^T`` (second pass). K-FAC uses ``Lambda = eG eA^T`` instead.
+- ``H^-1 v = Q_G [(Q_G^T v Q_A) / (Lambda + damping)] Q_A^T``; damping is ``damping_factor``
+  times the mean of Lambda per layer (``relative``, what kronfluence does with
+  ``damping_factor=None`` and factor 0.1) or ``damping_factor`` itself (``absolute``).
+
+The loss behind ``g`` is each example's summed target-token cross-entropy (kronfluence's
+convention), with observed labels (empirical Fisher) or labels sampled from the model (true
+Fisher, one seeded draw per example id). Statistics are sums plus counts, so shards merge by
+addition and a fit split over k shards equals the unsplit fit up to float rounding. An example
+whose loss or activations/gradients are not finite is left out of the sums and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from gdig_core.config import CurvatureConfig
+from gdig_core.hooks import BatchContext, capture_batches, layer_shape
+from gdig_core.io import atomic_path
+
+Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
+
+SEP = "::"
+N_EXAMPLES = "__n_examples"
+N_BAD = "__n_bad"
+
+
+def autocast_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype of an ``autocast`` setting ("none" -> None)."""
+    return {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _valid_rows(ctx: BatchContext, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Rows (tokens) of usable examples, as [n, in] and [n, out]; plus the number of examples
+    dropped here because their activations or gradients are not finite."""
+    mask = ctx.token_mask
+    finite = torch.isfinite(a).all(-1) & torch.isfinite(g).all(-1)
+    bad = (mask & ~finite).any(dim=1)
+    rows = (mask & ~bad[:, None]).flatten().nonzero().squeeze(1)
+    return a.flatten(0, 1).index_select(0, rows), g.flatten(0, 1).index_select(0, rows), int(bad.sum())
+
+
+def _compute_dtype(cfg: CurvatureConfig) -> torch.dtype:
+    # Under autocast the products run in the autocast dtype (tensor cores); sums stay fp32.
+    return autocast_dtype(cfg.autocast) or torch.float32
+
+
+def _add(stats: dict[str, Tensor], key: str, value: Tensor) -> None:
+    if key in stats:
+        stats[key] += value
+    else:
+        stats[key] = value.clone()
+
+
+def _count_examples(stats: dict[str, Tensor], ctx: BatchContext) -> None:
+    _add(stats, N_EXAMPLES, torch.tensor([int(ctx.ok.sum())], dtype=torch.int64))
+    _add(stats, N_BAD, torch.tensor([int((~ctx.ok).sum())], dtype=torch.int64))
+
+
+def covariance_stats(
+    model: nn.Module, batches: Batches, tracked: dict[str, nn.Linear], cfg: CurvatureConfig
+) -> dict[str, Tensor]:
+    """First pass: per layer ``A_sum`` [in, in], ``G_sum`` [out, out] (fp32) and their token counts.
+
+    Keys are ``"{layer}::A_sum"``, ``"::A_count"``, ``"::G_sum"``, ``"::G_count"``,
+    ``"::n_bad"`` (examples dropped for non-finite values in that layer) plus ``__n_examples`` and
+    ``__n_bad`` (examples with an unusable loss). Values live on the CPU.
+    """
+    stats: dict[str, Tensor] = {}
+    dtype = _compute_dtype(cfg)
+    for name, module in tracked.items():
+        out_f, in_f = layer_shape(module)
+        dev = module.weight.device
+        stats[f"{name}{SEP}A_sum"] = torch.zeros(in_f, in_f, device=dev)
+        stats[f"{name}{SEP}G_sum"] = torch.zeros(out_f, out_f, device=dev)
+        for k in ("A_count", "G_count", "n_bad"):
+            stats[f"{name}{SEP}{k}"] = torch.zeros(1, dtype=torch.int64)
+
+    def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
+        a_v, g_v, n_bad = _valid_rows(ctx, a, g)
+        a_v, g_v = a_v.to(dtype), g_v.to(dtype)
+        stats[f"{name}{SEP}A_sum"] += (a_v.T @ a_v).float()
+        stats[f"{name}{SEP}G_sum"] += (g_v.T @ g_v).float()
+        stats[f"{name}{SEP}A_count"] += a_v.shape[0]
+        stats[f"{name}{SEP}G_count"] += g_v.shape[0]
+        stats[f"{name}{SEP}n_bad"] += n_bad
+
+    seed = cfg.sampling_seed if cfg.fisher == "true" else None
+    for ctx in capture_batches(
+        model, tracked, batches, on_layer, sampling_seed=seed, autocast_dtype=autocast_dtype(cfg.autocast)
+    ):
+        _count_examples(stats, ctx)
+    return {k: v.cpu() for k, v in stats.items()}
+
+
+def lambda_stats(
+    model: nn.Module,
+    batches: Batches,
+    tracked: dict[str, nn.Linear],
+    eigen: dict[str, Tensor],
+    cfg: CurvatureConfig,
+) -> dict[str, Tensor]:
+    """EK-FAC second pass: per layer ``L_sum = sum_z (Q_G^T dW_z Q_A)^2`` [out, in] and ``L_count``.
+
+    Rotating ``g`` and ``a`` per token before forming the per-example gradient costs
+    ``T (out^2 + in^2) + T out in`` per example instead of ``out in (T + out + in)``.
+    """
+    stats: dict[str, Tensor] = {}
+    dtype = _compute_dtype(cfg)
+    rot: dict[str, tuple[Tensor, Tensor]] = {}
+    for name, module in tracked.items():
+        out_f, in_f = layer_shape(module)
+        dev = module.weight.device
+        rot[name] = (eigen[f"{name}{SEP}QG"].to(dev, dtype), eigen[f"{name}{SEP}QA"].to(dev, dtype))
+        stats[f"{name}{SEP}L_sum"] = torch.zeros(out_f, in_f, device=dev)
+        stats[f"{name}{SEP}L_count"] = torch.zeros(1, dtype=torch.int64)
+        stats[f"{name}{SEP}L_n_bad"] = torch.zeros(1, dtype=torch.int64)
+
+    def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
+        q_g, q_a = rot[name]
+        mask = ctx.token_mask[..., None]
+        a = torch.where(mask, a, 0).to(dtype)
+        g = torch.where(mask, g, 0).to(dtype)
+        per_example = torch.bmm((g @ q_g).transpose(1, 2), a @ q_a).float()  # [B, out, in]
+        good = ctx.ok & torch.isfinite(per_example).flatten(1).all(1)
+        per_example = per_example[good]
+        stats[f"{name}{SEP}L_sum"] += per_example.square().sum(0)
+        stats[f"{name}{SEP}L_count"] += per_example.shape[0]
+        stats[f"{name}{SEP}L_n_bad"] += int((ctx.ok & ~good).sum())
+
+    seed = cfg.sampling_seed if cfg.fisher == "true" else None
+    for ctx in capture_batches(
+        model, tracked, batches, on_layer, sampling_seed=seed, autocast_dtype=autocast_dtype(cfg.autocast)
+    ):
+        _count_examples(stats, ctx)
+    return {k: v.cpu() for k, v in stats.items()}
+
+
+def save_stats(stats: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write partial statistics (safetensors) atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata=metadata)
+
+
+def load_stats(path: str | Path) -> dict[str, Tensor]:
+    return load_file(str(path))
+
+
+def merge_stats(items: Sequence[str | Path | dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Add partial statistics (paths or dicts) key by key; every part must have the same keys."""
+    merged: dict[str, Tensor] = {}
+    keys: set[str] | None = None
+    for item in items:
+        part = load_stats(item) if isinstance(item, (str, Path)) else item
+        if keys is None:
+            keys = set(part)
+        elif set(part) != keys:
+            raise ValueError("merge_stats: partial statistics have different keys (different tracked layers?)")
+        for k, v in part.items():
+            _add(merged, k, v.to(torch.float64) if v.is_floating_point() else v)
+    if keys is None:
+        raise ValueError("merge_stats: nothing to merge")
+    return {k: v.float() if v.is_floating_point() else v for k, v in merged.items()}
+
+
+def layer_names(stats: dict[str, Tensor], suffix: str) -> list[str]:
+    """Layer names present in ``stats`` (in stored order) that have ``{name}::{suffix}``."""
+    tail = SEP + suffix
+    return [k[: -len(tail)] for k in stats if k.endswith(tail)]
+
+
+def eigendecompose(cov_stats: dict[str, Tensor], cfg: CurvatureConfig) -> dict[str, Tensor]:
+    """Eigendecompose the normalised, symmetrised A and G of every layer in ``cfg.eig_dtype``.
+
+    Returns ``"{layer}::QA"`` [in, in], ``"::eA"`` [in], ``"::QG"`` [out, out], ``"::eG"`` [out]
+    (fp32, eigenvectors in columns, ascending eigenvalues).
+    """
+    dtype = torch.float64 if cfg.eig_dtype == "float64" else torch.float32
+    eigen: dict[str, Tensor] = {}
+    for name in layer_names(cov_stats, "A_sum"):
+        for f in ("A", "G"):
+            count = int(cov_stats[f"{name}{SEP}{f}_count"].sum())
+            if count == 0:
+                raise ValueError(f"{name}: no tokens were used to fit the {f} factor")
+            mat = cov_stats[f"{name}{SEP}{f}_sum"].to(dtype) / count
+            vals, vecs = torch.linalg.eigh(0.5 * (mat + mat.T))
+            eigen[f"{name}{SEP}Q{f}"] = vecs.float().contiguous()
+            eigen[f"{name}{SEP}e{f}"] = vals.float().contiguous()
+    return eigen
+
+
+@dataclass
+class Factors:
+    """Damped inverse curvature per layer, ready to precondition gradients.
+
+    ``method`` "ekfac"/"kfac": ``q_a[l]`` [in, in], ``q_g[l]`` [out, out] and
+    ``inv_lambda[l] = 1 / (Lambda + damping)`` [out, in]; "identity": no tensors (H = I).
+    """
+
+    method: str
+    modules: list[str]
+    q_a: dict[str, Tensor] = field(default_factory=dict)
+    q_g: dict[str, Tensor] = field(default_factory=dict)
+    inv_lambda: dict[str, Tensor] = field(default_factory=dict)
+    damping: dict[str, float] = field(default_factory=dict)
+
+    def precondition(self, name: str, grad: Tensor) -> Tensor:
+        """``H^-1 grad`` for a stack of layer gradients ``grad`` [S, out, in] (same shape back)."""
+        if self.method == "identity":
+            return grad
+        q_g = self.q_g[name].to(grad.device, grad.dtype)
+        q_a = self.q_a[name].to(grad.device, grad.dtype)
+        rotated = q_g.T @ grad @ q_a
+        rotated = rotated * self.inv_lambda[name].to(grad.device, grad.dtype)
+        return q_g @ rotated @ q_a.T
+
+
+def finalize_factors(
+    cfg: CurvatureConfig,
+    modules: Sequence[str],
+    eigen: dict[str, Tensor] | None = None,
+    lam_stats: dict[str, Tensor] | None = None,
+) -> Factors:
+    """Combine eigendecompositions (and, for EK-FAC, the Lambda statistics) with damping.
+
+    ``damping_mode`` relative: ``damping = damping_factor * mean(Lambda)`` per layer (Lambda is
+    the EK-FAC diagonal or, for K-FAC, the eigenvalue products ``eG eA^T``); absolute:
+    ``damping = damping_factor``. Computed in fp64 like kronfluence, stored fp32.
+    """
+    modules = list(modules)
+    if cfg.method == "identity":
+        return Factors(method="identity", modules=modules)
+    if eigen is None:
+        raise ValueError(f"method {cfg.method!r} needs the eigendecomposition")
+    if cfg.method == "ekfac" and lam_stats is None:
+        raise ValueError("method 'ekfac' needs lambda statistics (the second pass)")
+    factors = Factors(method=cfg.method, modules=modules)
+    for name in modules:
+        if cfg.method == "ekfac":
+            count = int(lam_stats[f"{name}{SEP}L_count"].sum())
+            if count == 0:
+                raise ValueError(f"{name}: no examples were used to fit Lambda")
+            lam = lam_stats[f"{name}{SEP}L_sum"].double() / count
+        else:
+            lam = torch.outer(eigen[f"{name}{SEP}eG"].double(), eigen[f"{name}{SEP}eA"].double())
+        damping = cfg.damping_factor * float(lam.mean()) if cfg.damping_mode == "relative" else cfg.damping_factor
+        factors.q_a[name] = eigen[f"{name}{SEP}QA"].float().contiguous()
+        factors.q_g[name] = eigen[f"{name}{SEP}QG"].float().contiguous()
+        factors.inv_lambda[name] = (1.0 / (lam + damping)).float().contiguous()
+        factors.damping[name] = float(damping)
+    return factors
+
+
+def save_factors(factors: Factors, path: str | Path) -> None:
+    """Write factors as one safetensors file (atomically); method, modules and damping in metadata."""
+    tensors: dict[str, Tensor] = {}
+    for name in factors.q_a:
+        tensors[f"{name}{SEP}QA"] = factors.q_a[name]
+        tensors[f"{name}{SEP}QG"] = factors.q_g[name]
+        tensors[f"{name}{SEP}inv_lambda"] = factors.inv_lambda[name]
+    meta = {
+        "gdig.method": factors.method,
+        "gdig.modules": json.dumps(factors.modules),
+        "gdig.damping": json.dumps(factors.damping),
+    }
+    if not tensors:  # safetensors needs at least a header; identity factors carry no tensor
+        tensors["__empty"] = torch.zeros(1)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def load_factors(path: str | Path) -> Factors:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    factors = Factors(method=meta["gdig.method"], modules=json.loads(meta["gdig.modules"]))
+    factors.damping = {k: float(v) for k, v in json.loads(meta["gdig.damping"]).items()}
+    for name in factors.damping:
+        factors.q_a[name] = tensors[f"{name}{SEP}QA"]
+        factors.q_g[name] = tensors[f"{name}{SEP}QG"]
+        factors.inv_lambda[name] = tensors[f"{name}{SEP}inv_lambda"]
+    return factors
+
+
+def fit_factors(
+    model: nn.Module,
+    batches_fn: callable,
+    tracked: dict[str, nn.Linear],
+    cfg: CurvatureConfig,
+) -> Factors:
+    """Convenience for one process: both passes over ``batches_fn()`` (called once per pass)."""
+    modules = list(tracked)
+    if cfg.method == "identity":
+        return finalize_factors(cfg, modules)
+    eigen = eigendecompose(covariance_stats(model, batches_fn(), tracked, cfg), cfg)
+    lam = lambda_stats(model, batches_fn(), tracked, eigen, cfg) if cfg.method == "ekfac" else None
+    return finalize_factors(cfg, modules, eigen, lam)
