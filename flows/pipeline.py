@@ -1,0 +1,142 @@
+"""The whole G-DIG pipeline as one Prefect flow with one subflow per stage.
+
+data -> base/reference model -> curvature -> seed preconditioning -> sharded scoring ->
+selection (every method and budget) -> downstream finetunes -> evaluation -> report.
+
+Every stage is cached across flow runs by content (see ``tasks.stage_cache``): a rerun with one
+changed setting recomputes only what depends on it. The flow's parameter is the pydantic
+``GdigConfig``, so the Prefect UI shows it as a form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from gdig_core.config import GdigConfig
+from tasks import artifacts
+from tasks.data_tasks import base_model_task, prepare_data_task, reference_task
+from tasks.downstream_tasks import evaluate_task, finetune_task, select_task
+from tasks.influence_tasks import curvature_stage, precondition_task, scoring_stage
+from tasks.publish import ensure_gpu_limit, publish_outputs
+from tasks.records import start_records
+from tasks.report_tasks import report_task
+from tasks.stage_cache import StageOutput
+
+Model = tuple[str, str]  # (path or hub id, content fingerprint)
+
+
+def _runner(cfg: GdigConfig) -> ThreadPoolTaskRunner:
+    # Unbounded by default in Prefect 3: bound it by the configured worker count.
+    return ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers)
+
+
+@flow(name="data", persist_result=False)
+def data_flow(config: GdigConfig, run_dir: str) -> StageOutput:
+    return prepare_data_task(config, run_dir)
+
+
+@flow(name="models", persist_result=False)
+def model_flow(config: GdigConfig, run_dir: str, data: StageOutput) -> tuple[Model, Model]:
+    """The base model (built when tiny) and the reference model finetuned from it on the pool."""
+    base = base_model_task(config, run_dir, data)
+    return base, reference_task(config, run_dir, data, base)
+
+
+@flow(name="curvature", persist_result=False)
+def curvature_flow(config: GdigConfig, run_dir: str, data: StageOutput, reference: Model) -> StageOutput:
+    return curvature_stage(config, run_dir, data, tuple(reference))
+
+
+@flow(name="precondition", persist_result=False)
+def precondition_flow(
+    config: GdigConfig, run_dir: str, data: StageOutput, reference: Model, factors: StageOutput
+) -> StageOutput:
+    return precondition_task(config, run_dir, data, tuple(reference), factors)
+
+
+@flow(name="scoring", persist_result=False)
+def scoring_flow(
+    config: GdigConfig, run_dir: str, data: StageOutput, reference: Model, factors: StageOutput, precond: StageOutput
+) -> StageOutput:
+    return scoring_stage(config, run_dir, data, tuple(reference), factors, precond)
+
+
+def _plan(cfg: GdigConfig) -> list[tuple[str, int]]:
+    """(method, budget) pairs; ``full`` ignores the budget, so it runs once."""
+    out: list[tuple[str, int]] = []
+    for method in cfg.selection.methods:
+        for budget in [max(cfg.selection.budgets)] if method == "full" else cfg.selection.budgets:
+            out.append((method, budget))
+    return out
+
+
+@flow(name="selection", persist_result=False)
+def selection_flow(config: GdigConfig, run_dir: str, data: StageOutput, scores: StageOutput) -> list[StageOutput]:
+    futures = [select_task.submit(config, run_dir, data, scores, m, b) for m, b in _plan(config)]
+    results = [f.result() for f in futures]
+    artifacts.table(artifacts.artifact_key("selection-summary"), [
+        {"method": r.summary["method"], "budget": r.summary["budget"], "size": r.summary["size"],
+         "shortfall": r.summary.get("shortfall"), "cached": r.cached} for r in results
+    ], "Selections: sizes and shortfalls per method and budget")
+    return results
+
+
+@flow(name="finetune", persist_result=False)
+def finetune_flow(config: GdigConfig, run_dir: str, base: Model, selections: list[StageOutput]) -> list[StageOutput]:
+    futures = [finetune_task.submit(config, run_dir, tuple(base), s, seed)
+               for s in selections for seed in config.finetune.seeds]
+    return [f.result() for f in futures]
+
+
+@flow(name="evaluation", persist_result=False)
+def evaluation_flow(config: GdigConfig, run_dir: str, base: Model, models: list[StageOutput]) -> list[StageOutput]:
+    jobs: list[tuple[Model, str, dict[str, Any]]] = []
+    if config.evaluation.zero_shot:
+        jobs.append((tuple(base), "zero-shot", {"method": "zero-shot", "budget": 0, "size": 0, "seed": None}))
+    for m in models:
+        s = m.summary
+        label = f"{s['method']}/b{s['budget']}/s{s['seed']}"
+        jobs.append(((str(m.path("model")), m.digest("model")), label, dict(s)))
+    futures = [evaluate_task.submit(config, run_dir, model, label, meta) for model, label, meta in jobs]
+    return [f.result() for f in futures]
+
+
+@flow(name="report", persist_result=False)
+def report_flow(
+    config: GdigConfig, run_dir: str, data: StageOutput, selections: list[StageOutput], evaluations: list[StageOutput]
+) -> StageOutput:
+    return report_task(config, run_dir, data, selections, evaluations)
+
+
+@flow(name="gdig-pipeline", persist_result=False, log_prints=True)
+def gdig_pipeline(config: GdigConfig = GdigConfig()) -> dict[str, Any]:  # noqa: B008 - a default form in the UI
+    """Run every stage; return where the report, selections, scores and records are."""
+    log = get_run_logger()
+    cfg = config
+    run_dir = str(Path(cfg.orchestration.run_dir).resolve())
+    records = start_records(run_dir, str(flow_run.get_id() or "local"))
+    ensure_gpu_limit(cfg.orchestration)
+    log.info("run directory %s; records %s", run_dir, records)
+    opts = {"task_runner": _runner(cfg)}
+
+    data = data_flow.with_options(**opts)(cfg, run_dir)
+    base, reference = model_flow.with_options(**opts)(cfg, run_dir, data)
+    factors = curvature_flow.with_options(**opts)(cfg, run_dir, data, reference)
+    precond = precondition_flow.with_options(**opts)(cfg, run_dir, data, reference, factors)
+    scores = scoring_flow.with_options(**opts)(cfg, run_dir, data, reference, factors, precond)
+    selections = selection_flow.with_options(**opts)(cfg, run_dir, data, scores)
+    models: list[StageOutput] = []
+    evaluations: list[StageOutput] = []
+    if cfg.finetune.enabled:
+        models = finetune_flow.with_options(**opts)(cfg, run_dir, base, selections)
+    if cfg.evaluation.enabled:
+        evaluations = evaluation_flow.with_options(**opts)(cfg, run_dir, base, models)
+    report = report_flow.with_options(**opts)(cfg, run_dir, data, selections, evaluations)
+    outputs = publish_outputs(run_dir, data, scores, selections, report, records)
+    log.info("report: %s", outputs["report"])
+    return outputs

@@ -1,0 +1,59 @@
+"""``gdig run CONFIG [--set k=v ...]``: the whole pipeline as a Prefect flow run.
+
+Without ``PREFECT_API_URL`` Prefect starts an ephemeral server whose SQLite database lives in
+``<run_dir>/.prefect``, so the command works on a fresh offline machine; with it, the run shows up
+on that server (and shard runs can go to its workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="run the pipeline (data -> scores -> selection -> finetune -> report)")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set selection.budgets=[100,200] (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the outputs as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gdig_core.config import load_config
+    from tasks.env import configure_local_prefect
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.orchestration.run_dir).resolve()
+    cfg.orchestration.run_dir = str(run_dir)
+    configure_local_prefect(run_dir)  # before Prefect is imported
+    from flows.pipeline import gdig_pipeline
+
+    outputs = gdig_pipeline(config=cfg)
+    if args.json:
+        print(json.dumps(outputs, indent=2))
+        return 0
+    print(f"\nreport:   {outputs['report']}")
+    print(f"plot:     {outputs['report_png']}")
+    print("selected data:")
+    for name, path in outputs["selected"].items():
+        print(f"  {name:<16} {path}")
+    print(f"scores:   {outputs['scores']}")
+    print(f"records:  {outputs['records']}")
+    print(f"UI:       see docs/UI.md (PREFECT_HOME={run_dir / '.prefect'})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m gdig_cli.run_cmd`` (tests use it, independent of main.py)."""
+    parser = argparse.ArgumentParser(prog="gdig")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

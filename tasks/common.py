@@ -1,0 +1,57 @@
+"""Small helpers shared by the stage tasks: config fingerprints, model fingerprints, task options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gdig_core.config import GdigConfig
+from gdig_core.io import file_sha256, text_sha256
+
+#: Model settings that change results; device and cache location do not.
+_MODEL_IRRELEVANT = {"device", "cache_dir"}
+_SMALL_FILE = 16 << 20
+
+
+def config_json(cfg: GdigConfig, *sections: str, extra: dict[str, Any] | None = None) -> str:
+    """Canonical JSON of the named sections (``model`` without device/cache_dir) plus ``extra``."""
+    dumped = json.loads(cfg.section_json(*sections))
+    if "data" in dumped:  # where the files are is not what they contain: file hashes cover that
+        dumped["data"] = {k: v for k, v in dumped["data"].items() if k != "data_dir"}
+    if "model" in dumped:
+        dumped["model"] = {k: v for k, v in dumped["model"].items() if k not in _MODEL_IRRELEVANT}
+    if extra:
+        dumped["extra"] = extra
+    return json.dumps(dumped, sort_keys=True)
+
+
+def model_fingerprint(path_or_id: str) -> str:
+    """Content fingerprint of a checkpoint directory (names, sizes, hashes of the small files),
+    or the identifier itself for a hub id. Hashing every weight of a 7B model would take minutes;
+    sizes plus config and index hashes change whenever the weights are re-saved."""
+    p = Path(path_or_id)
+    if not p.exists():
+        return text_sha256("hub", path_or_id)
+    if p.is_file():
+        return file_sha256(p)
+    parts: list[str] = []
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        st = f.stat()
+        parts += [f.relative_to(p).as_posix(), str(st.st_size)]
+        if st.st_size <= _SMALL_FILE:
+            parts.append(file_sha256(f))
+    return text_sha256(*parts)
+
+
+def raw_file_hashes(paths: dict[str, Path | None]) -> dict[str, str]:
+    """sha256 of each existing raw input file (missing ones hash as 'missing' and fail later)."""
+    out: dict[str, str] = {}
+    for name, path in paths.items():
+        if path is None:
+            continue
+        if path.is_dir():
+            out[name] = model_fingerprint(str(path))
+        else:
+            out[name] = file_sha256(path) if path.exists() else "missing"
+    return out

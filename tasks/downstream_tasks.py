@@ -1,0 +1,104 @@
+"""Stage tasks after scoring: selection per method and budget, downstream finetunes, evaluation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from gdig_core.config import GdigConfig
+from tasks import artifacts
+from tasks.common import config_json, raw_file_hashes
+from tasks.data_tasks import TASK_OPTS, pool_hash
+from tasks.stage_cache import StageOutput, run_stage
+
+_TRAIN_CODE = ["gdig_core/training.py", "gdig_core/checkpointing.py", "gdig_core/encoding.py", "gdig_core/models.py"]
+
+
+def selection_label(method: str, budget: int) -> str:
+    return f"selection/{method}/" + ("all" if method == "full" else f"b{budget}")
+
+
+@task(name="select", **TASK_OPTS)
+def select_task(cfg: GdigConfig, run_dir: str, data: StageOutput, scores: StageOutput, method: str, budget: int) -> StageOutput:
+    """One method at one budget: ``selected.parquet``/``.jsonl``, ``candidates.parquet``, ``summary.json``."""
+    from gdig_core.data import read_pairs
+    from gdig_core.scores import read_scores
+    from gdig_core.selection import select
+
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        shard_paths = sorted(Path(scores.dir).glob("scores/*.parquet"))
+        result = select(read_scores(shard_paths), read_pairs(data.path("pool.parquet")), cfg.selection, method, budget, out)
+        return {"method": method, "budget": budget, "size": result.size,
+                "shortfall": result.shortfall["message"] if result.shortfall else None}
+
+    # Which methods and budgets are listed does not change what one (method, budget) selects.
+    sel = {k: v for k, v in cfg.selection.model_dump(mode="json").items() if k not in ("budgets", "methods")}
+    return run_stage(
+        run_dir, "selection", {"scores": scores.digest("scores"), "pool": pool_hash(data)},
+        json.dumps({"selection": sel, "method": method, "budget": budget}, sort_keys=True),
+        ["gdig_core/selection.py", "gdig_core/scores.py"], compute, label=selection_label(method, budget),
+    )
+
+
+@task(name="finetune", **TASK_OPTS)
+def finetune_task(
+    cfg: GdigConfig, run_dir: str, base: tuple[str, str], selection: StageOutput, seed: int
+) -> StageOutput:
+    """Finetune the base model (not the reference model) on one selection."""
+    from gdig_core.data import read_pairs
+    from gdig_core.training import finetune
+
+    train_cfg = cfg.finetune.train.model_copy(update={"seed": seed})
+
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        table = read_pairs(selection.path("selected.parquet"))
+        model_dir = finetune(cfg, train_cfg, table, work / "model", base_model=base[0], progress=False)
+        shutil.move(str(model_dir), out / "model")
+        return {**{k: selection.summary.get(k) for k in ("method", "budget", "size")}, "seed": seed}
+
+    label = selection_label(selection.summary["method"], selection.summary["budget"]).replace("selection", "finetune")
+    return run_stage(
+        run_dir, "finetune", {"base": base[1], "train_pairs": selection.digest("selected.parquet")},
+        config_json(cfg, "prompt", "model", extra={"train": train_cfg.model_dump(mode="json")}),
+        _TRAIN_CODE, compute, label=f"{label}/s{seed}",
+    )
+
+
+def _test_set_hashes(cfg: GdigConfig) -> dict[str, str]:
+    from gdig_core.config import resolve_data_path
+
+    paths: dict[str, Path | None] = {}
+    for ts in cfg.evaluation.test_sets:
+        paths[ts.name] = resolve_data_path(cfg.data, ts.path)
+        paths[ts.name + "_tgt"] = resolve_data_path(cfg.data, ts.tgt_path) if ts.tgt_path else None
+    return raw_file_hashes(paths)
+
+
+@task(name="evaluate", **TASK_OPTS)
+def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: str, meta: dict[str, Any]) -> StageOutput:
+    """BLEU/chrF (and COMET when available) of one model on every test set; ``metrics.json``."""
+    from gdig_core.evaluation import evaluate_model
+
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        metrics = evaluate_model(cfg, model[0], out)
+        return {**meta, "metrics": metrics}
+
+    ev = {k: v for k, v in cfg.evaluation.model_dump(mode="json").items() if k != "zero_shot"}
+    return run_stage(
+        run_dir, "evaluation", {"model": model[1], **_test_set_hashes(cfg)},
+        config_json(cfg, "prompt", "model", extra={"evaluation": ev, "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}),
+        ["gdig_core/evaluation.py", "gdig_core/generation.py", "gdig_core/metrics.py", "gdig_core/models.py"],
+        compute, label=f"evaluation/{label}",
+    )
+
+
+def summary_rows(stage_outputs: list[StageOutput], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{k: o.summary.get(k) for k in keys} | {"cached": o.cached} for o in stage_outputs]
+
+
+def publish_table(name: str, rows: list[dict[str, Any]], description: str) -> None:
+    artifacts.table(artifacts.artifact_key(name), rows, description)

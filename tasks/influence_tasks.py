@@ -1,0 +1,180 @@
+"""Curvature, seed preconditioning and scoring stages. The two sharded stages run as flow-level
+code (they submit shard tasks); merging, eigendecomposition and preconditioning are tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from gdig_core.config import GdigConfig
+from tasks import artifacts, storage
+from tasks.common import config_json
+from tasks.data_tasks import TASK_OPTS, pool_hash, sample_rows, seed_hash
+from tasks.shard_map import map_shards
+from tasks.shards import ShardJob, ShardKind, plan, shard_output
+from tasks.stage_cache import StageOutput, link_or_copy, run_stage
+
+_CURV_CODE = ["gdig_core/curvature.py", "gdig_core/hooks.py", "gdig_core/encoding.py", "gdig_core/models.py"]
+_SCORE_CODE = [*_CURV_CODE, "gdig_core/influence.py", "gdig_core/features.py", "gdig_core/scores.py"]
+
+
+def _shard_root(cfg: GdigConfig, work: Path, stage: str) -> str:
+    """Shard outputs: the stage's work dir, or shared storage when workers run elsewhere."""
+    if cfg.orchestration.shared_storage:
+        return storage.join(cfg.orchestration.shared_storage, "shards", stage, work.name.removesuffix(".work"))
+    root = work / "shards" / stage
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root)
+
+
+def _stage_inputs(cfg: GdigConfig, files: dict[str, tuple[Path, str]]) -> dict[str, str]:
+    """Locations workers can read, by name (uploaded to shared storage when it is a URL)."""
+    return {name: storage.stage_in(path, cfg.orchestration.shared_storage, digest) for name, (path, digest) in files.items()}
+
+
+def _jobs(
+    cfg: GdigConfig, kind: ShardKind, n_rows: int, shard_size: int, root: str, key: str, inputs: dict[str, str]
+) -> list[ShardJob]:
+    config = cfg.model_dump(mode="json")
+    return [
+        ShardJob(kind=kind, stage_key=key, index=i, start=s, end=e, config=config, inputs=inputs,
+                 output=shard_output(root, kind, i))
+        for i, (s, e) in enumerate(plan(n_rows, shard_size))
+    ]
+
+
+def _local_copies(locations: list[str], work: Path) -> list[Path]:
+    return [storage.fetch(loc, work / "fetched") for loc in locations]
+
+
+@task(name="tracked-modules", **TASK_OPTS)
+def tracked_modules_task(cfg: GdigConfig, checkpoint: str) -> list[str]:
+    from gdig_core.hooks import select_tracked_modules
+    from tasks.shard_work import loaded_model
+
+    model, _ = loaded_model(cfg, checkpoint)
+    return list(select_tracked_modules(model, cfg.curvature))
+
+
+@task(name="eigendecompose", **TASK_OPTS)
+def eigen_task(cfg: GdigConfig, stats_paths: list[Path], out_path: Path) -> dict[str, Any]:
+    from gdig_core.curvature import N_BAD, N_EXAMPLES, eigendecompose, merge_stats, save_stats
+
+    merged = merge_stats(stats_paths)
+    save_stats(eigendecompose(merged, cfg.curvature), out_path)
+    return {"examples": int(merged[N_EXAMPLES].sum()), "bad_examples": int(merged[N_BAD].sum())}
+
+
+@task(name="finalize-factors", **TASK_OPTS)
+def finalize_task(cfg: GdigConfig, modules: list[str], eigen_path: Path | None, lambda_paths: list[Path], out_path: Path) -> dict[str, Any]:
+    from gdig_core.curvature import finalize_factors, load_stats, merge_stats, save_factors
+
+    eigen = load_stats(eigen_path) if eigen_path is not None else None
+    lam = merge_stats(lambda_paths) if lambda_paths else None
+    factors = finalize_factors(cfg.curvature, modules, eigen, lam)
+    save_factors(factors, out_path)
+    return {"method": factors.method, "layers": len(modules), "damping": factors.damping}
+
+
+def curvature_stage(cfg: GdigConfig, run_dir: str, data: StageOutput, reference: tuple[str, str]) -> StageOutput:
+    """K-FAC/EK-FAC factors at the reference model, both statistics passes sharded over the sample."""
+    from gdig_core.data import read_pairs, write_pairs
+
+    orch = cfg.orchestration
+    ccfg = cfg.curvature
+
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        modules = tracked_modules_task(cfg, reference[0])
+        if ccfg.method == "identity":
+            return finalize_task(cfg, modules, None, [], out / "factors.safetensors")
+        table = read_pairs(data.path("pool.parquet"))
+        table = table.take(sample_rows(table.num_rows, ccfg.sample, ccfg.sampling_seed))
+        sample_path = work / "curvature_sample.parquet"
+        write_pairs(table, sample_path)
+        from gdig_core.io import file_sha256
+
+        files = {"checkpoint": (Path(reference[0]), reference[1]), "table": (sample_path, file_sha256(sample_path))}
+        inputs = _stage_inputs(cfg, files)
+        jobs = _jobs(cfg, "curvature_stats", table.num_rows, ccfg.shard_size, _shard_root(cfg, work, "a"), work.name, inputs)
+        stats = map_shards("curvature/covariance", jobs, orch)
+        eigen_path = work / "eigen.safetensors"
+        summary = eigen_task(cfg, _local_copies([j.output for j in jobs], work), eigen_path)
+        lambda_paths: list[Path] = []
+        if ccfg.method == "ekfac":
+            inputs2 = {**inputs, **_stage_inputs(cfg, {"eigen": (eigen_path, file_sha256(eigen_path))})}
+            jobs2 = _jobs(cfg, "lambda_stats", table.num_rows, ccfg.shard_size, _shard_root(cfg, work, "lambda"), work.name, inputs2)
+            map_shards("curvature/lambda", jobs2, orch)
+            lambda_paths = _local_copies([j.output for j in jobs2], work)
+        summary |= finalize_task(cfg, modules, eigen_path, lambda_paths, out / "factors.safetensors")
+        return summary | {"shards": len(stats), "sample": table.num_rows}
+
+    result = run_stage(
+        run_dir, "curvature", {"pool": pool_hash(data), "reference": reference[1]},
+        config_json(cfg, "curvature", "prompt", "model"), _CURV_CODE, compute,
+    )
+    s = result.summary
+    artifacts.table(artifacts.artifact_key("curvature-summary"), [
+        {"method": s.get("method"), "layers": s.get("layers"), "sample": s.get("sample"),
+         "examples": s.get("examples"), "bad_examples": s.get("bad_examples"), "cached": result.cached}
+    ], "Curvature factors")
+    return result
+
+
+@task(name="precondition-seeds", **TASK_OPTS)
+def precondition_task(
+    cfg: GdigConfig, run_dir: str, data: StageOutput, reference: tuple[str, str], factors: StageOutput
+) -> StageOutput:
+    """H^-1 grad of every seed example, once (the seed set is small)."""
+    from tasks.influence_calls import precondition_call
+
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        return precondition_call(cfg, reference[0], data.path("seed.parquet"), factors.path("factors.safetensors"),
+                                 out / "precond.safetensors")
+
+    return run_stage(
+        run_dir, "precondition",
+        {"seed": seed_hash(data), "reference": reference[1], "factors": factors.digest("factors.safetensors")},
+        config_json(cfg, "prompt", "model", extra={"seed_rank": cfg.scoring.seed_rank, "curvature": cfg.curvature.model_dump(mode="json"),
+                                                   "loss_normalisation": cfg.scoring.loss_normalisation}),
+        _SCORE_CODE, compute,
+    )
+
+
+def scoring_stage(
+    cfg: GdigConfig, run_dir: str, data: StageOutput, reference: tuple[str, str], factors: StageOutput, precond: StageOutput
+) -> StageOutput:
+    """Benefit of every pool candidate on every seed, sharded; ``scores/shard-*.parquet``."""
+    from gdig_core.scores import read_scores
+
+    orch = cfg.orchestration
+
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        files = {
+            "checkpoint": (Path(reference[0]), reference[1]),
+            "table": (data.path("pool.parquet"), pool_hash(data)),
+            "factors": (factors.path("factors.safetensors"), factors.digest("factors.safetensors")),
+            "precond": (precond.path("precond.safetensors"), precond.digest("precond.safetensors")),
+        }
+        n_rows = data.summary["pool"]["rows_kept"]
+        jobs = _jobs(cfg, "scores", n_rows, cfg.scoring.shard_size, _shard_root(cfg, work, "scores"), work.name,
+                     _stage_inputs(cfg, files))
+        map_shards("scoring", jobs, orch)
+        for src in _local_copies([j.output for j in jobs], work):
+            link_or_copy(src, out / "scores" / src.name)
+        table = read_scores(sorted((out / "scores").glob("*.parquet")))
+        return {"shards": len(jobs), "candidates": len(table), "ok": int(table.ok.sum()),
+                "benefit_mean": float(table.benefit_mean[table.ok].mean()) if table.ok.any() else None}
+
+    result = run_stage(
+        run_dir, "scoring",
+        {"pool": pool_hash(data), "reference": reference[1], "factors": factors.digest("factors.safetensors"),
+         "precond": precond.digest("precond.safetensors")},
+        config_json(cfg, "scoring", "prompt", "model", extra={"curvature_modules": cfg.curvature.modules,
+                                                              "preset": cfg.curvature.preset}),
+        _SCORE_CODE, compute,
+    )
+    artifacts.table(artifacts.artifact_key("scoring-summary"), [result.summary | {"cached": result.cached}],
+                    "Candidate scoring")
+    return result

@@ -1,0 +1,67 @@
+"""Run-level chores: the GPU concurrency limit, and the stable paths users look for
+(``<run_dir>/selection/<method>/b<budget>/``, ``<run_dir>/report/``, ``<run_dir>/outputs.json``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gdig_core.config import OrchestrationConfig
+from gdig_core.io import atomic_write_json
+from tasks import artifacts
+from tasks.stage_cache import StageOutput
+
+
+def ensure_gpu_limit(orch: OrchestrationConfig) -> None:
+    """Create the global concurrency limit GPU tasks hold, unless an operator already made it
+    (then their slot count wins: they know how many GPUs the pool has)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    slots = orch.gpu_slots or orch.max_workers
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(orch.gpu_concurrency_limit)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=orch.gpu_concurrency_limit, limit=slots)
+            )
+            artifacts.logger().info("created concurrency limit %r with %d slots", orch.gpu_concurrency_limit, slots)
+
+
+def _mirror(src: Path, dst: Path) -> None:
+    """Replace ``dst`` with a copy of ``src`` (small files: selections and reports)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("_manifest.json"))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def publish_outputs(
+    run_dir: str, data: StageOutput, scores: StageOutput, selections: list[StageOutput], report: StageOutput,
+    records: Path,
+) -> dict[str, Any]:
+    root = Path(run_dir)
+    selected: dict[str, str] = {}
+    for sel in selections:
+        m, b = sel.summary["method"], sel.summary["budget"]
+        sub = root / "selection" / m / ("all" if m == "full" else f"b{b}")
+        sub.parent.mkdir(parents=True, exist_ok=True)
+        _mirror(Path(sel.dir), sub)
+        selected[f"{m}/b{b}"] = str(sub / "selected.jsonl")
+    report_dir = root / "report"
+    _mirror(Path(report.dir), report_dir)
+    outputs = {
+        "run_dir": str(root),
+        "report": str(report_dir / "report.md"),
+        "report_png": str(report_dir / "report.png"),
+        "selected": selected,
+        "scores": str(Path(scores.dir) / "scores"),
+        "data": str(Path(data.dir)),
+        "records": str(records),
+    }
+    atomic_write_json(root / "outputs.json", outputs)
+    return outputs

@@ -1,0 +1,55 @@
+"""The report stage: comparison table and plot from stored selection and evaluation results,
+published as a markdown artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from prefect import task
+
+from gdig_core.config import GdigConfig
+from gdig_core.io import text_sha256
+from tasks import artifacts
+from tasks.data_tasks import TASK_OPTS
+from tasks.stage_cache import StageOutput, run_stage
+
+
+def clean_share(selected: Path) -> float | None:
+    """Share of selected pairs labelled clean, when the pool carries such labels."""
+    table = pq.read_table(selected)
+    for col in ("clean", "is_clean"):
+        if col in table.column_names:
+            vals = [bool(v) for v in table.column(col).to_pylist()]
+            return sum(vals) / len(vals) if vals else None
+    if "label" in table.column_names:
+        vals = table.column("label").to_pylist()
+        return sum(v == "clean" for v in vals) / len(vals) if vals else None
+    return None
+
+
+@task(name="report", **TASK_OPTS)
+def report_task(
+    cfg: GdigConfig, run_dir: str, data: StageOutput, selections: list[StageOutput], evaluations: list[StageOutput]
+) -> StageOutput:
+    from gdig_core.report import build_report
+
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        sels = [s.summary | {"clean_share": clean_share(s.path("selected.parquet"))} for s in selections]
+        evs = [e.summary for e in evaluations]
+        pool = data.summary.get("pool", {})
+        notes = [f"pool: {pool.get('rows_kept')} pairs kept of {pool.get('rows_read')} read "
+                 f"({pool.get('quarantined')} quarantined, {pool.get('duplicates_removed')} duplicates)",
+                 f"seed: {data.summary.get('seed', {}).get('rows_kept')} pairs"]
+        result = build_report(evs, sels, out, title=f"G-DIG report: {cfg.name}", notes=notes)
+        return {"rows": result["rows"]}
+
+    # Content of what is reported, so an identical recomputed selection keeps the report cached.
+    inputs = {"selections": text_sha256(*sorted(s.digest() for s in selections)),
+              "evaluations": text_sha256(*sorted(e.digest() for e in evaluations)), "data": data.digest("data_summary.json")}
+    result = run_stage(run_dir, "report", inputs, json.dumps({"name": cfg.name}), ["gdig_core/report.py"], compute)
+    artifacts.markdown(artifacts.artifact_key("gdig-report"), result.path("report.md").read_text(encoding="utf-8"),
+                       "G-DIG comparison report")
+    return result

@@ -1,0 +1,109 @@
+"""Map a stage over shards: skip verified outputs, run the rest in-process or as runs of the shard
+deployment, report progress, retry transient failures, and fail with every failed shard's id and
+error only after all the others have finished."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
+from prefect.tasks import exponential_backoff
+from tqdm import tqdm
+
+from gdig_core.config import OrchestrationConfig
+from tasks import artifacts
+from tasks.faults import TransientError, retry_condition
+from tasks.records import record
+from tasks.shards import ShardJob, read_done
+
+
+class ShardsFailed(RuntimeError):
+    """Raised after a shard map finished with failed shards; names each one and its error."""
+
+
+@task(name="shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
+def run_shard_local(job: ShardJob, gpu_limit: str) -> dict[str, Any]:
+    """One shard in this process, holding a slot of the GPU concurrency limit while it works."""
+    from tasks.shard_work import execute_job
+
+    with concurrency(gpu_limit, occupy=1, strict=False):
+        return execute_job(job)
+
+
+@task(name="dispatch-shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
+def run_shard_deployment(job: ShardJob, deployment: str) -> dict[str, Any]:
+    """One shard as a run of the shard deployment (picked up by a worker); waits for it."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(
+        name=deployment, parameters={"job": job.model_dump(mode="json")}, timeout=None,
+        flow_run_name=f"{job.kind}-{job.index:05d}-{job.stage_key[:8]}", poll_interval=1,
+    )
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        # Worker lost, crashed or the shard raised: worth another try on any worker.
+        raise TransientError(
+            f"shard flow run {flow_run.name} ended {state.name if state else 'without state'}: "
+            f"{state.message if state else ''}"
+        )
+    meta = read_done(job.output)
+    if meta is None:
+        raise TransientError(f"shard flow run {flow_run.name} completed but {job.output} does not verify")
+    return meta["summary"]
+
+
+def _configured(orch: OrchestrationConfig):  # noqa: ANN202
+    base = run_shard_deployment if orch.shard_mode == "deployment" else run_shard_local
+    return base.with_options(
+        retries=orch.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=orch.retry_delay_seconds)(max(orch.retries, 1)),
+        retry_jitter_factor=0.2 if orch.retry_delay_seconds else None,
+    )
+
+
+def map_shards(label: str, jobs: list[ShardJob], orch: OrchestrationConfig) -> list[dict[str, Any]]:
+    """Run every shard whose output does not yet verify; return all shard summaries in order."""
+    log = artifacts.logger()
+    summaries: dict[int, dict[str, Any]] = {}
+    todo: list[ShardJob] = []
+    for job in jobs:
+        meta = read_done(job.output)
+        if meta is not None:
+            summaries[job.index] = meta.get("summary", {})
+            record("shard_skipped", label, shard=job.index)
+        else:
+            todo.append(job)
+    total = len(jobs)
+    log.info("%s: %d shards, %d already done, %d to run (%s)", label, total, total - len(todo), len(todo), orch.shard_mode)
+    key = artifacts.artifact_key(label, "progress")
+    progress_id = artifacts.progress(key, (total - len(todo)) / max(total, 1), f"{label}: shards done")
+    runner = _configured(orch)
+    target = orch.shard_deployment if orch.shard_mode == "deployment" else orch.gpu_concurrency_limit
+    futures = {}
+    for job in todo:
+        named = runner.with_options(task_run_name=f"{label}-shard-{job.index:05d}")
+        futures[named.submit(job, target)] = job
+    failures: list[tuple[ShardJob, BaseException]] = []
+    with tqdm(total=total, initial=total - len(todo), desc=label, unit="shard", file=sys.stderr, leave=False) as bar:
+        for fut in as_completed(list(futures)):
+            job = futures[fut]
+            result = fut.result(raise_on_failure=False)
+            if fut.state.is_completed():
+                summaries[job.index] = result or {}
+                record("shard_computed", label, shard=job.index)
+            else:
+                err = result if isinstance(result, BaseException) else RuntimeError(str(fut.state.message))
+                failures.append((job, err))
+                record("shard_failed", label, shard=job.index, error=f"{type(err).__name__}: {err}")
+                log.error("%s shard %d failed: %s: %s", label, job.index, type(err).__name__, err)
+            bar.update(1)
+            done = len(summaries) + len(failures)
+            artifacts.update_progress(progress_id, done / max(total, 1), f"{label}: {done}/{total} shards finished")
+    if failures:
+        detail = "; ".join(f"shard {j.index} (rows {j.start}-{j.end}): {type(e).__name__}: {e}" for j, e in failures)
+        raise ShardsFailed(f"{label}: {len(failures)} of {total} shards failed after retries: {detail}")
+    return [summaries[j.index] for j in jobs]

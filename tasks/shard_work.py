@@ -1,0 +1,86 @@
+"""The body of one shard, shared by the in-process task and the shard deployment's flow: fetch the
+inputs, load the model once per thread, build batches, call the gdig_core stage function, write the
+output atomically and then its sidecar. No method logic lives here."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from gdig_core.config import GdigConfig
+from tasks import artifacts, storage
+from tasks.faults import inject, with_oom_backoff
+from tasks.shards import ShardJob, mark_done
+
+_LOCAL = threading.local()
+
+
+def cache_root() -> Path:
+    """Where a worker keeps inputs fetched from remote shared storage."""
+    return Path(os.environ.get("GDIG_WORKER_CACHE", Path(tempfile.gettempdir()) / "gdig-worker-cache"))
+
+
+def loaded_model(cfg: GdigConfig, path: str) -> tuple[Any, Any]:
+    """(model, tokenizer), loaded once per thread: loading can cost a minute (GGUF dequantising),
+    and hooks make a model unsafe to share between threads running backward passes."""
+    from gdig_core.models import load_model
+
+    cache: dict[tuple[str, str], tuple[Any, Any]] = getattr(_LOCAL, "models", {})
+    key = (path, cfg.model.model_dump_json())
+    if key not in cache:
+        cache.clear()  # one model per thread: the previous stage's model is done
+        cache[key] = load_model(cfg.model, path=path)
+        _LOCAL.models = cache
+    return cache[key]
+
+
+def _rows(job: ShardJob, table_path: Path) -> list[dict[str, Any]]:
+    from gdig_core.data import read_pairs
+
+    return read_pairs(table_path).slice(job.start, job.end - job.start).to_pylist()
+
+
+def execute_job(job: ShardJob) -> dict[str, Any]:
+    """Compute one shard into ``job.output``; returns a small JSON-able summary."""
+    from gdig_core.encoding import encode_pairs, iter_batches
+    from gdig_core.hooks import select_tracked_modules
+
+    log = artifacts.logger()
+    cfg = GdigConfig.model_validate(job.config)
+    inputs = {k: storage.fetch(v, cache_root()) for k, v in job.inputs.items()}
+    model, tokenizer = loaded_model(cfg, str(inputs["checkpoint"]))
+    rows = _rows(job, inputs["table"])
+    encoded = encode_pairs(tokenizer, rows, cfg)
+    pad_id = tokenizer.pad_token_id
+    tracked = select_tracked_modules(model, cfg.curvature)
+    out_local = storage.local(job.output) if not storage.is_url(job.output) else cache_root() / "out" / Path(job.output).name
+    section = cfg.scoring if job.kind == "scores" else cfg.curvature
+
+    def run(batch_size: int) -> dict[str, Any]:
+        inject(job.kind, job.index, batch_size)
+        batches = iter_batches(encoded, batch_size, pad_id)
+        if job.kind == "curvature_stats":
+            from gdig_core.curvature import covariance_stats, save_stats
+
+            stats = covariance_stats(model, batches, tracked, cfg.curvature)
+            save_stats(stats, out_local)
+            return {"examples": len(encoded)}
+        if job.kind == "lambda_stats":
+            from gdig_core.curvature import lambda_stats, load_stats, save_stats
+
+            stats = lambda_stats(model, batches, tracked, load_stats(inputs["eigen"]), cfg.curvature)
+            save_stats(stats, out_local)
+            return {"examples": len(encoded)}
+        from tasks.influence_calls import score_shard_call
+
+        return score_shard_call(cfg, model, tracked, batches, inputs, out_local)
+
+    summary = with_oom_backoff(run, section.batch_size, log)
+    if storage.is_url(job.output):
+        storage.put_file(out_local, job.output)
+    mark_done(out_local, job.output, summary)
+    log.info("%s shard %d: rows %d-%d done", job.kind, job.index, job.start, job.end)
+    return summary
