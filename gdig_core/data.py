@@ -133,9 +133,8 @@ def _read_parallel(src_path: Path, tgt_path: Path) -> Iterator[RawRow]:
             yield number, {"src": src, "tgt": tgt}
 
 
-def _read_table_rows(table: pa.Table, path: Path) -> Iterator[RawRow]:
-    for number, row in enumerate(table.to_pylist(), start=1):
-        yield number, row
+def _read_table_rows(table: pa.Table) -> Iterator[RawRow]:
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def _raw_rows(spec: DatasetSpec, path: Path, tgt_path: Path | None) -> Iterator[RawRow]:
@@ -153,7 +152,7 @@ def _raw_rows(spec: DatasetSpec, path: Path, tgt_path: Path | None) -> Iterator[
             table = pq.read_table(path)
         except Exception as err:  # pyarrow raises several types for corrupt files
             raise DataError(path, None, None, f"cannot read Parquet: {err}") from None
-        return _read_table_rows(table, path)
+        return _read_table_rows(table)
     if fmt == "hf":
         import datasets  # local import: only this format needs the datasets package
 
@@ -165,7 +164,7 @@ def _raw_rows(spec: DatasetSpec, path: Path, tgt_path: Path | None) -> Iterator[
             if "train" not in ds:
                 raise DataError(path, None, None, f"DatasetDict without a 'train' split (has {list(ds)})")
             ds = ds["train"]
-        return _read_table_rows(ds.data.table, path)
+        return _read_table_rows(ds.data.table)
     raise DataError(path, None, "format", f"unknown format {fmt!r}")
 
 
@@ -181,7 +180,7 @@ def detect_format(path: Path, tgt_path: Path | None = None) -> str:
         return "tsv"
     if suffix in (".parquet", ".pq"):
         return "parquet"
-    raise DataError(path, None, "format", f"cannot tell the format from the name; set format explicitly")
+    raise DataError(path, None, "format", "cannot tell the format from the name; set format explicitly")
 
 
 # --------------------------------------------------------------------------------------------

@@ -123,10 +123,10 @@ def gemma_checkpoint(cache_dir: str | Path | None = None) -> Path:
     gguf_path = gemma_pkg.assemble(Path(final.parent) / "gguf" / gemma_pkg.MODEL_NAME)
     gguf_dir, gguf_name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, torch_dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
     # A GGUF-loaded model cannot save_pretrained itself: rebuild from its config and copy weights.
     config = AutoConfig.from_pretrained(gguf_dir, gguf_file=gguf_name)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     # Tied output embeddings are absent from the state dict by design; anything else is a bug.
     missing = [m for m in missing if m != "lm_head.weight"]
@@ -168,7 +168,7 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch_dtype(cfg.dtype), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(cfg.dtype), **kwargs)
     model.to(resolve_device(str(device) if device is not None else cfg.device))
     model.eval()
     return model, tokenizer

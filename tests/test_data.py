@@ -95,7 +95,7 @@ def test_prepare_data_writes_files_and_removes_seed_overlap(tmp_path: Path, data
     seed_rows = _first_lines(data_dir / "de-en" / "flores.dev.tsv", 10)
     pool = tmp_path / "pool.jsonl"
     with open(pool, "w", encoding="utf-8") as fh:
-        for i, line in enumerate(_first_lines(data_dir / "de-en" / "pool.wmt17-20.jsonl", 20)):
+        for line in _first_lines(data_dir / "de-en" / "pool.wmt17-20.jsonl", 20):
             fh.write(line + "\n")
         src, tgt = seed_rows[0].split("\t")
         fh.write(json.dumps({"id": "leak", "src_lang": "de", "tgt_lang": "en", "src": src, "tgt": tgt}) + "\n")
@@ -159,7 +159,7 @@ def test_bad_field_is_fatal_for_seed_and_quarantined_for_pool(
         read_dataset(spec, _cfg(data_dir), "seed")
     err = info.value
     assert (err.path, err.line, err.field) == (str(path), 4, field), desc
-    assert fragment in str(err) and f"line 4" in str(err) and f"'{field}'" in str(err)
+    assert fragment in str(err) and "line 4" in str(err) and f"'{field}'" in str(err)
 
     res = read_dataset(spec, _cfg(data_dir), "pool")
     assert res.table.num_rows == 5 and res.stats["quarantined"] == 1
