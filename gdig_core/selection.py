@@ -170,8 +170,9 @@ def quality_mask(
 
 
 def describe_rule(cfg: SelectionConfig, budget: int) -> str:
+    """The quality rule as a short phrase for reasons and summaries."""
     if cfg.quality_rule == "fraction":
-        return f"benefits at least {cfg.tau:.0%} of the seeds (tau={cfg.tau:g})"
+        return f"fraction of seeds benefited >= tau={cfg.tau:g}"
     if cfg.quality_rule == "min_mean":
         return f"mean benefit >= {cfg.min_mean:g}"
     return f"top {quality_size_for(cfg, budget)} by mean benefit"
@@ -203,10 +204,12 @@ class ClusterResult:
     inertia: float
 
 
-def resolve_n_clusters(cfg: SelectionConfig, budget: int, n_points: int) -> int:
-    """K: ``n_clusters`` if set, else budget // cluster_size_hint (at least 2); never above n."""
-    k = cfg.n_clusters if cfg.n_clusters is not None else max(2, budget // cfg.cluster_size_hint)
-    return max(1, min(k, n_points))
+def resolve_n_clusters(cfg: SelectionConfig, budget: int) -> int:
+    """K as configured: ``n_clusters`` if set, else budget // cluster_size_hint (at least 2).
+
+    :func:`kmeans_clusters` caps it at the number of points and reports both.
+    """
+    return cfg.n_clusters if cfg.n_clusters is not None else max(2, budget // cfg.cluster_size_hint)
 
 
 def kmeans_clusters(
@@ -407,7 +410,7 @@ def _top_up(
             budget,
             n_q,
             "take_all",
-            f"budget {budget} exceeds the quality set ({n_q} candidates that {q.rule}); "
+            f"budget {budget} exceeds the quality set ({n_q} candidates; rule: {q.rule}); "
             f"shortfall=take_all: selected all {n_q}, {budget - n_q} short",
         )
         return
@@ -421,7 +424,7 @@ def _top_up(
     plan.status[rest] = TOP_UP
     plan.picked = np.concatenate([plan.picked, rest])
     msg = (
-        f"budget {budget} exceeds the quality set ({n_q} candidates that {q.rule}); "
+        f"budget {budget} exceeds the quality set ({n_q} candidates; rule: {q.rule}); "
         f"shortfall=top_up: added {len(rest)} next-best eligible candidates by mean benefit"
     )
     if n_q + len(rest) < budget:
@@ -491,7 +494,7 @@ def _plan_clustered(
         if method == "gdig":
             _top_up(scores, q, cfg, budget, plan, tie)
         return plan
-    k = resolve_n_clusters(cfg, budget, len(members))
+    k = resolve_n_clusters(cfg, budget)
     cl = kmeans_clusters(scores.features[members], k, cfg.seed, cfg.kmeans_algorithm, cfg.kmeans_max_iter)
     if method == "gdig":
         ranked = np.arange(len(members))  # members is already the quality order
