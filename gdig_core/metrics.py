@@ -113,25 +113,27 @@ def check_comet_model(model: str | None) -> str | None:
     return None
 
 
-def comet_score(
-    srcs: Sequence[str],
-    hyps: Sequence[str],
-    refs: Sequence[str],
+def comet_scores(
+    sets: Sequence[tuple[Sequence[str], Sequence[str], Sequence[str]]],
     model: str | None,
     batch_size: int = 16,
     gpus: int | None = None,
-) -> dict[str, Any]:
-    """COMET system and segment scores from a local checkpoint (a ``.ckpt`` file, or a model
-    directory holding ``checkpoints/model.ckpt``).
+) -> list[dict[str, Any]]:
+    """COMET system and segment scores for several ``(sources, hypotheses, references)`` sets,
+    loading the local checkpoint once (a ``.ckpt`` file, or a model directory holding
+    ``checkpoints/model.ckpt``).
 
-    Returns ``{"comet": float | None, "comet_model": ..., "note": str | None, "per_sentence": [...]}``;
-    ``comet`` is None (with the reason in ``note``) when COMET is not configured or not installed.
+    Each result is ``{"comet": float | None, "comet_model": ..., "note": str | None,
+    "per_sentence": [...]}``; ``comet`` is None, with the reason in ``note`` and no
+    ``per_sentence``, when COMET is not configured or not installed.
     """
-    _check_lengths(hyps, refs)
+    for srcs, hyps, refs in sets:
+        _check_lengths(hyps, refs)
+        _check_lengths(srcs, refs)
     note = check_comet_model(model)
     if note is not None:
         log.warning(note)
-        return {"comet": None, "comet_model": model, "note": note}
+        return [{"comet": None, "comet_model": model, "note": note} for _ in sets]
     from comet import load_from_checkpoint  # optional extra; checked above
 
     path = Path(model)  # type: ignore[arg-type]
@@ -142,11 +144,21 @@ def comet_score(
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
-    data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(srcs, hyps, refs, strict=True)]
-    out = scorer.predict(data, batch_size=batch_size, gpus=gpus, progress_bar=False)
-    return {
-        "comet": float(out.system_score),
-        "comet_model": str(model),
-        "note": None,
-        "per_sentence": [float(x) for x in out.scores],
-    }
+    results = []
+    for srcs, hyps, refs in sets:
+        data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(srcs, hyps, refs, strict=True)]
+        out = scorer.predict(data, batch_size=batch_size, gpus=gpus, progress_bar=False)
+        results.append({
+            "comet": float(out.system_score),
+            "comet_model": str(model),
+            "note": None,
+            "per_sentence": [float(x) for x in out.scores],
+        })
+    return results
+
+
+def comet_score(
+    srcs: Sequence[str], hyps: Sequence[str], refs: Sequence[str], model: str | None, batch_size: int = 16
+) -> dict[str, Any]:
+    """COMET of one set; see :func:`comet_scores`."""
+    return comet_scores([(srcs, hyps, refs)], model, batch_size=batch_size)[0]
