@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from gdig_core.config import DataConfig, DatasetSpec
-from gdig_core.data import DataError, read_dataset
+from gdig_core.data import DataError, read_dataset, write_jsonl
+from gdig_core.noise import NOISE_KINDS, corrupt_pairs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +29,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=run_check)
+
+    corrupt = data_sub.add_parser(
+        "corrupt", help="inject labelled, deterministic noise into a pool (for selection experiments)"
+    )
+    corrupt.add_argument("input", help="pool file (any readable format)")
+    corrupt.add_argument("output", help="JSONL out: the pairs plus 'noise' (kind or clean) and 'original_tgt'")
+    corrupt.add_argument("--fraction", type=float, default=0.3)
+    corrupt.add_argument("--seed", type=int, default=0)
+    corrupt.add_argument("--kinds", default=",".join(NOISE_KINDS[:4]), help=f"comma list of {', '.join(NOISE_KINDS)}")
+    corrupt.add_argument("--src-lang", default="de")
+    corrupt.add_argument("--tgt-lang", default="en")
+    corrupt.add_argument("--third-language", help="text file, one sentence a line, for 'wrong_language' targets")
+    corrupt.add_argument(
+        "--mt-hypotheses", help="JSONL of {id, hyp}: a weak system's translations, for 'low_quality_mt'"
+    )
+    corrupt.set_defaults(func=run_corrupt)
 
 
 def _print_summary(stats: dict) -> None:
@@ -62,4 +79,24 @@ def run_check(args: argparse.Namespace) -> int:
                 print(f"    e.g. line {rec['line']}: {rec['field'] or '-'}: {rec['reason']}")
     if args.json:
         print(json.dumps(summaries, indent=2, ensure_ascii=False))
+    return 0
+
+
+def run_corrupt(args: argparse.Namespace) -> int:
+    data_cfg = DataConfig(data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang)
+    table = read_dataset(DatasetSpec(path=args.input), data_cfg, "pool").table
+    third = None
+    if args.third_language:
+        third = [x for x in Path(args.third_language).read_text(encoding="utf-8").splitlines() if x.strip()]
+    hyps = None
+    if args.mt_hypotheses:
+        rows = [json.loads(x) for x in Path(args.mt_hypotheses).read_text(encoding="utf-8").splitlines() if x]
+        hyps = {str(r["id"]): r["hyp"] for r in rows}
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    out = corrupt_pairs(table, args.fraction, kinds, args.seed, third, hyps)
+    write_jsonl(out.to_pylist(), args.output)
+    counts: dict[str, int] = {}
+    for label in out.column("noise").to_pylist():
+        counts[label] = counts.get(label, 0) + 1
+    print(f"wrote {out.num_rows} pairs to {args.output}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0

@@ -59,6 +59,8 @@ class LoadResult:
     table: pa.Table
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    #: id -> noise label, when the file carries ``noise`` labels (see gdig_core.noise).
+    noise_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def content_hash(self) -> str:
@@ -229,6 +231,8 @@ def _validate_row(
     given_id = obj.get("id")
     if given_id is not None and not isinstance(given_id, str | int):
         return RowProblem(str(path), line, "id", f"must be a string or integer, got {type(given_id).__name__}", raw)
+    if isinstance(obj.get("noise"), str):
+        out["noise"] = obj["noise"]  # label from `gdig data corrupt`, kept beside the table
     if given_id is not None and str(given_id):
         out["id"] = str(given_id)
     elif role == "test":
@@ -318,7 +322,12 @@ def read_dataset(
         "sampled": spec.sample,
         "content_hash": table_sha256(table),
     }
-    return LoadResult(table=table, quarantine=[p.as_record() for p in problems], stats=stats)
+    labels = {r["id"]: r["noise"] for r in rows if "noise" in r}
+    if labels:
+        stats["noise_labels"] = dict(Counter(labels.values()))
+    return LoadResult(
+        table=table, quarantine=[p.as_record() for p in problems], stats=stats, noise_labels=labels
+    )
 
 
 def _reason_key(reason: str) -> str:
@@ -382,6 +391,12 @@ def prepare_data(data_cfg: DataConfig, out_dir: str | Path, language_names: dict
     write_pairs(pool.table, out / "pool.parquet")
     write_pairs(seed.table, out / "seed.parquet")
     write_jsonl(pool.quarantine, out / "quarantine.jsonl")
+    kept = set(pool.table.column("id").to_pylist())
+    labels = {i: label for i, label in pool.noise_labels.items() if i in kept}
+    if labels:
+        # Only experiments with injected noise have these; the report uses them for clean shares.
+        with atomic_path(out / "noise_labels.parquet") as tmp:
+            pq.write_table(pa.table({"id": list(labels), "noise": list(labels.values())}), tmp)
     summary = {"pool": pool.stats, "seed": seed.stats}
     atomic_write_json(out / "data_summary.json", summary)
     return summary
