@@ -17,17 +17,15 @@ from tasks.data_tasks import TASK_OPTS
 from tasks.stage_cache import StageOutput, run_stage
 
 
-def clean_share(selected: Path) -> float | None:
-    """Share of selected pairs labelled clean, when the pool carries such labels."""
-    table = pq.read_table(selected)
-    for col in ("clean", "is_clean"):
-        if col in table.column_names:
-            vals = [bool(v) for v in table.column(col).to_pylist()]
-            return sum(vals) / len(vals) if vals else None
-    if "label" in table.column_names:
-        vals = table.column("label").to_pylist()
-        return sum(v == "clean" for v in vals) / len(vals) if vals else None
-    return None
+def clean_share(selected: Path, labels: Path) -> float | None:
+    """Share of selected pairs labelled ``clean`` when the pool carries noise labels
+    (``gdig data corrupt``; the data stage keeps them in ``noise_labels.parquet``)."""
+    if not labels.exists():
+        return None
+    noise = dict(zip(*(pq.read_table(labels).column(c).to_pylist() for c in ("id", "noise")), strict=True))
+    ids = pq.read_table(selected, columns=["id"]).column("id").to_pylist()
+    known = [noise[i] for i in ids if i in noise]
+    return sum(v == "clean" for v in known) / len(known) if known else None
 
 
 @task(name="report", **TASK_OPTS)
@@ -37,7 +35,7 @@ def report_task(
     from gdig_core.report import build_report
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        sels = [s.summary | {"clean_share": clean_share(s.path("selected.parquet"))} for s in selections]
+        sels = [s.summary | {"clean_share": clean_share(s.path("selected.parquet"), data.path("noise_labels.parquet"))} for s in selections]
         evs = [e.summary for e in evaluations]
         pool = data.summary.get("pool", {})
         notes = [f"pool: {pool.get('rows_kept')} pairs kept of {pool.get('rows_read')} read "
@@ -48,7 +46,7 @@ def report_task(
 
     # Content of what is reported, so an identical recomputed selection keeps the report cached.
     inputs = {"selections": text_sha256(*sorted(s.digest() for s in selections)),
-              "evaluations": text_sha256(*sorted(e.digest() for e in evaluations)), "data": data.digest("data_summary.json")}
+              "evaluations": text_sha256(*sorted(e.digest() for e in evaluations)), "data": data.digest()}
     result = run_stage(run_dir, "report", inputs, json.dumps({"name": cfg.name}), ["gdig_core/report.py"], compute)
     artifacts.markdown(artifacts.artifact_key("gdig-report"), result.path("report.md").read_text(encoding="utf-8"),
                        "G-DIG comparison report")

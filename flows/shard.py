@@ -1,0 +1,24 @@
+"""The shard deployment's flow: one shard of curvature statistics or candidate scores, run by a
+worker on a GPU work pool. Inputs and the output are paths on shared storage or fsspec URLs;
+the pipeline dispatches it with ``run_deployment`` when ``orchestration.shard_mode`` is
+``deployment`` (see prefect.yaml and deployments/README.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.concurrency.sync import concurrency
+
+from tasks.shards import ShardJob
+
+
+@flow(name="gdig-shard", persist_result=False, log_prints=True)
+def shard_flow(job: ShardJob) -> dict[str, Any]:
+    """Compute one shard and write it (then its ``.done.json`` sidecar) to ``job.output``."""
+    from tasks.shard_work import execute_job
+
+    limit = job.config.get("orchestration", {}).get("gpu_concurrency_limit", "gpu")
+    # The same global limit as in-process shards: GPUs are not oversubscribed whoever runs them.
+    with concurrency(limit, occupy=1, strict=False):
+        return execute_job(job)

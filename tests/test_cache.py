@@ -1,0 +1,106 @@
+"""Caching across flow runs: stage keys hash the real inputs, so a rerun recomputes exactly what
+depends on a change. Real pipeline processes on the tiny config against a real Prefect server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from prefect_fixtures import copy_run, run_pipeline, selected_ids
+
+from tasks.stage_cache import run_stage, verify_manifest
+
+UPSTREAM = ["data", "base-model", "reference", "curvature"]
+ALL = ["data", "base-model", "reference", "curvature", "precondition", "scoring", "selection", "finetune",
+       "evaluation", "report"]
+
+
+def _computed(run) -> set[str]:
+    return {r["stage"].split("/")[0] for r in run.events("computed")}
+
+
+def _cached(run) -> set[str]:
+    return {r["stage"].split("/")[0] for r in run.events("cached")}
+
+
+# ---------------------------------------------------------------- unit: the manifest check
+
+
+def test_stage_cache_hit_verify_and_recompute(tmp_path: Path) -> None:
+    calls = []
+
+    def compute(out: Path, work: Path) -> dict:
+        calls.append(1)
+        (out / "a.txt").write_text("hello")
+        (out / "sub").mkdir()
+        (out / "sub" / "b.bin").write_bytes(b"\x00" * 10)
+        return {"n": 2}
+
+    first = run_stage(tmp_path, "demo", {"x": "1"}, "{}", [], compute)
+    again = run_stage(tmp_path, "demo", {"x": "1"}, "{}", [], compute)
+    assert (first.cached, again.cached, len(calls)) == (False, True, 1)
+    assert again.summary == {"n": 2} and again.files == first.files
+    # A deleted output means recompute, not a crash and not a stale hit.
+    (Path(again.dir) / "sub" / "b.bin").unlink()
+    assert verify_manifest(again.dir) is None
+    third = run_stage(tmp_path, "demo", {"x": "1"}, "{}", [], compute)
+    assert not third.cached and len(calls) == 2 and (Path(third.dir) / "sub" / "b.bin").exists()
+    # An edited file (same size, new content) misses too.
+    (Path(third.dir) / "a.txt").write_text("HELLO")
+    assert verify_manifest(third.dir) is None
+    # A different input hash is a different key and directory.
+    other = run_stage(tmp_path, "demo", {"x": "2"}, "{}", [], compute)
+    assert other.key != first.key and other.dir != first.dir
+
+
+def test_failed_stage_leaves_nothing(tmp_path: Path) -> None:
+    def boom(out: Path, work: Path) -> dict:
+        (out / "partial").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run_stage(tmp_path, "demo", {}, "{}", [], boom)
+    leftovers = [p for p in (tmp_path / "cas" / "demo").iterdir() if not p.name.endswith(".work")]
+    assert leftovers == []
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_rerun_recomputes_only_what_changed(prefect_server, baseline_run, tmp_path: Path, data_dir: Path) -> None:
+    base = baseline_run
+    assert _computed(base) >= {"data", "base-model", "reference", "curvature", "precondition", "scoring",
+                               "selection", "report"}
+    run_dir = copy_run(base.run_dir, tmp_path / "run", ALL)
+
+    # 1. Identical rerun: nothing is recomputed, and the selection is the same.
+    same = run_pipeline(prefect_server, run_dir)
+    assert same.returncode == 0, same.output[-4000:]
+    assert _computed(same) == set(), same.events("computed")
+    assert selected_ids(run_dir) == selected_ids(base.run_dir)
+
+    # 2. A different seed file: seed preconditioning, scoring and later stages are recomputed,
+    #    the reference model and the curvature factors are not.
+    seed_file = tmp_path / "seed.tsv"
+    lines = (data_dir / "de-en" / "flores.dev.tsv").read_text(encoding="utf-8").splitlines()
+    seed_file.write_text("\n".join(lines[100:140]) + "\n", encoding="utf-8")
+    new_seed = run_pipeline(prefect_server, run_dir, [f"data.seed.path={seed_file}"])
+    assert new_seed.returncode == 0, new_seed.output[-4000:]
+    assert {"precondition", "scoring", "selection"} <= _computed(new_seed)
+    assert {"base-model", "reference", "curvature"} <= _cached(new_seed)
+    assert not {"base-model", "reference", "curvature"} & _computed(new_seed)
+
+    # 3. Only the k-means K changes: selection and later only.
+    new_k = run_pipeline(prefect_server, run_dir, [f"data.seed.path={seed_file}", "selection.n_clusters=2"])
+    assert new_k.returncode == 0, new_k.output[-4000:]
+    assert "selection" in _computed(new_k)
+    assert _computed(new_k) <= {"selection", "finetune", "evaluation", "report"}
+    assert {"data", "base-model", "reference", "curvature", "precondition", "scoring"} <= _cached(new_k)
+
+    # 4. A deleted cached file is recomputed, not a crash.
+    shutil.rmtree(Path(new_k.outputs["scores"]))
+    again = run_pipeline(prefect_server, run_dir, [f"data.seed.path={seed_file}", "selection.n_clusters=2"])
+    assert again.returncode == 0, again.output[-4000:]
+    assert "scoring" in _computed(again)
