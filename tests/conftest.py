@@ -33,3 +33,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
     table = read_dataset(DatasetSpec(path="de-en/pool.wmt17-20.jsonl", sample=500), cfg, "pool").table
     texts = table.column("src").to_pylist() + table.column("tgt").to_pylist()
     return build_tiny_model(TinyModelConfig(vocab_size=800), texts, tmp_path_factory.mktemp("tiny") / "model")
+
+
+# Orchestration fixtures (a real Prefect server, workers, pipeline runs) live in their own module.
+from prefect_fixtures import baseline_run, prefect_server  # noqa: E402,F401
