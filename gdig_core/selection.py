@@ -486,7 +486,12 @@ def _plan_clustered(
     method: Literal["gdig", "diversity"],
 ) -> _Plan:
     n = len(q.eligible)
-    members = q.order if method == "gdig" else np.flatnonzero(q.eligible)
+    if method == "gdig":
+        members = q.order
+    else:
+        members = np.flatnonzero(q.eligible)
+        # Id order, so k-means sees the same rows in the same order whatever the shard order.
+        members = members[np.argsort(tie[members], kind="stable")]
     status = _status_base(q, method == "gdig")
     qrank = _quality_ranks(q) if method == "gdig" else None
     if len(members) == 0:
@@ -495,7 +500,9 @@ def _plan_clustered(
             _top_up(scores, q, cfg, budget, plan, tie)
         return plan
     k = resolve_n_clusters(cfg, budget)
-    cl = kmeans_clusters(scores.features[members], k, cfg.seed, cfg.kmeans_algorithm, cfg.kmeans_max_iter)
+    everyone = len(members) == n and bool((members == np.arange(n)).all())
+    feats = scores.features if everyone else scores.features[members]  # no 1 GB copy at pool scale
+    cl = kmeans_clusters(feats, k, cfg.seed, cfg.kmeans_algorithm, cfg.kmeans_max_iter)
     if method == "gdig":
         ranked = np.arange(len(members))  # members is already the quality order
     else:

@@ -149,7 +149,7 @@ def test_determinism_byte_for_byte(tmp_path):
 
     shards = sorted((tmp_path / "run" / "scores").glob("*.parquet"))
     swapped = read_scores(shards[::-1])
-    for method in ("gdig", "random", "quality"):
+    for method in ("gdig", "diversity", "random", "quality"):
         c = select(swapped, pool, rev, method, 15, tmp_path / "c" / method, plots=False)
         assert c.ids == select(scores, pool, rev, method, 15, tmp_path / "d" / method, plots=False).ids
 
