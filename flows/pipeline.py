@@ -138,5 +138,13 @@ def gdig_pipeline(config: GdigConfig = GdigConfig()) -> dict[str, Any]:  # noqa:
         evaluations = evaluation_flow.with_options(**opts)(cfg, run_dir, base, models)
     report = report_flow.with_options(**opts)(cfg, run_dir, data, selections, evaluations)
     outputs = publish_outputs(run_dir, data, scores, selections, report, records)
+    # On the pipeline run itself, so its Artifacts tab shows the result without opening subflows.
+    text = Path(outputs["report"]).read_text(encoding="utf-8")
+    # The UI cannot load a relative image; point at the file instead.
+    text = text.replace("![comparison](report.png)", f"Plot: `{outputs['report_png']}`")
+    text += f"\n\nReport: `{outputs['report']}`; selected data under `{run_dir}/selection/`.\n"
+    artifacts.markdown(artifacts.artifact_key("gdig-report"), text, f"G-DIG comparison report ({cfg.name})")
+    artifacts.table(artifacts.artifact_key("gdig-comparison"), report.summary.get("rows", []),
+                    "Comparison per method and budget (metrics averaged over finetune seeds)")
     log.info("report: %s", outputs["report"])
     return outputs

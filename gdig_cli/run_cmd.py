@@ -32,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
     configure_local_prefect(run_dir)  # before Prefect is imported
     from flows.pipeline import gdig_pipeline
 
-    outputs = gdig_pipeline(config=cfg)
+    try:
+        outputs = gdig_pipeline(config=cfg)
+    except Exception as err:  # noqa: BLE001 - the flow run's logs hold the traceback
+        print(f"gdig: the pipeline failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(outputs, indent=2))
         return 0

@@ -12,7 +12,6 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from gdig_core.io import text_sha256
-from tasks import artifacts
 from tasks.data_tasks import TASK_OPTS
 from tasks.stage_cache import StageOutput, run_stage
 
@@ -47,7 +46,4 @@ def report_task(
     # Content of what is reported, so an identical recomputed selection keeps the report cached.
     inputs = {"selections": text_sha256(*sorted(s.digest() for s in selections)),
               "evaluations": text_sha256(*sorted(e.digest() for e in evaluations)), "data": data.digest()}
-    result = run_stage(run_dir, "report", inputs, json.dumps({"name": cfg.name}), ["gdig_core/report.py"], compute)
-    artifacts.markdown(artifacts.artifact_key("gdig-report"), result.path("report.md").read_text(encoding="utf-8"),
-                       "G-DIG comparison report")
-    return result
+    return run_stage(run_dir, "report", inputs, json.dumps({"name": cfg.name}), ["gdig_core/report.py"], compute)
