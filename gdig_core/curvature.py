@@ -171,7 +171,9 @@ def merge_stats(items: Sequence[str | Path | dict[str, Tensor]]) -> dict[str, Te
         if keys is None:
             keys = set(part)
         elif set(part) != keys:
-            raise ValueError("merge_stats: partial statistics have different keys (different tracked layers?)")
+            raise ValueError(
+                "merge_stats: partial statistics have different keys (different tracked layers?)"
+            )
         for k, v in part.items():
             _add(merged, k, v.to(torch.float64) if v.is_floating_point() else v)
     if keys is None:
@@ -259,7 +261,9 @@ def finalize_factors(
             lam = lam_stats[f"{name}{SEP}L_sum"].double() / count
         else:
             lam = torch.outer(eigen[f"{name}{SEP}eG"].double(), eigen[f"{name}{SEP}eA"].double())
-        damping = cfg.damping_factor * float(lam.mean()) if cfg.damping_mode == "relative" else cfg.damping_factor
+        damping = (
+            cfg.damping_factor * float(lam.mean()) if cfg.damping_mode == "relative" else cfg.damping_factor
+        )
         factors.q_a[name] = eigen[f"{name}{SEP}QA"].float().contiguous()
         factors.q_g[name] = eigen[f"{name}{SEP}QG"].float().contiguous()
         factors.inv_lambda[name] = (1.0 / (lam + damping)).float().contiguous()

@@ -179,8 +179,9 @@ def example_losses(
     input_ids = batch["input_ids"].to(device)
     attention_mask = batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)
-    with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.bfloat16,
-                        enabled=autocast_dtype is not None):
+    with torch.autocast(
+        device_type=device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+    ):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     logits = logits[:, :-1].float()
     targets = labels[:, 1:]
@@ -270,7 +271,9 @@ def capture_batches(
             ok = torch.isfinite(loss_sum) & (n_tok > 0)
             reasons: list[str | None] = []
             for finite, n in zip(torch.isfinite(loss_sum).tolist(), n_tok.tolist(), strict=True):
-                reasons.append(None if finite and n > 0 else ("no_target_tokens" if n == 0 else "nonfinite_loss"))
+                reasons.append(
+                    None if finite and n > 0 else ("no_target_tokens" if n == 0 else "nonfinite_loss")
+                )
             attn = batch["attention_mask"].to(loss_sum.device).bool()
             ctx = BatchContext(
                 ids=ids,

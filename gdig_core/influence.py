@@ -169,7 +169,9 @@ def precondition_seeds(
         if bool(ok.any()):
             for name in tracked:
                 v = factors.precondition(name, grads[name][ok])
-                parts[name].append(v.cpu() if cfg_score.seed_rank is None else _compress(v, cfg_score.seed_rank))
+                parts[name].append(
+                    v.cpu() if cfg_score.seed_rank is None else _compress(v, cfg_score.seed_rank)
+                )
         grads.clear()
     if not ids:
         raise ValueError(f"no usable seed: {bad}")
@@ -186,7 +188,9 @@ def precondition_seeds(
         else:
             # Pad ranks to a common r (an [out, in] slice may have rank < seed_rank).
             r = max(c[0].shape[-1] for c in chunks)
-            out.left[name] = torch.cat([nn.functional.pad(c[0], (0, r - c[0].shape[-1])).cpu() for c in chunks])
+            out.left[name] = torch.cat(
+                [nn.functional.pad(c[0], (0, r - c[0].shape[-1])).cpu() for c in chunks]
+            )
             out.right[name] = torch.cat(
                 [nn.functional.pad(c[1], (0, 0, 0, r - c[1].shape[-2])).cpu() for c in chunks]
             )
@@ -285,7 +289,10 @@ def score_shard(
             acc["features"].clear()
             finite = torch.isfinite(scores).all(1) & torch.isfinite(feats).all(1)
             ok = (ctx.ok & finite).cpu().numpy()
-            why = [r if r is not None else (None if ok[i] else "nonfinite_gradient") for i, r in enumerate(ctx.reasons)]
+            why = [
+                r if r is not None else (None if ok[i] else "nonfinite_gradient")
+                for i, r in enumerate(ctx.reasons)
+            ]
             n_tok = ctx.n_tokens.cpu().numpy()
             loss = (ctx.loss_sum.cpu().double().numpy() / np.maximum(n_tok, 1)).astype(np.float64)
             writer.write(

@@ -29,8 +29,15 @@ POISON = 39  # token id whose embedding row is set to NaN in the bad-numerics te
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=12, intermediate_size=20, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=12,
+        intermediate_size=20,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -106,7 +113,9 @@ def test_three_shards_merged_equal_one(tmp_path, fisher):
         torch.testing.assert_close(merged[key], whole[key], rtol=1e-5, atol=1e-6)
     eigen = eigendecompose(merged, cfg)
     lam_whole = lambda_stats(model, _batches(examples, 4), tracked, eigen, cfg)
-    lam_parts = [lambda_stats(model, _batches(examples[3 * k : 3 * k + 3], 3), tracked, eigen, cfg) for k in range(3)]
+    lam_parts = [
+        lambda_stats(model, _batches(examples[3 * k : 3 * k + 3], 3), tracked, eigen, cfg) for k in range(3)
+    ]
     lam_merged = merge_stats(lam_parts)
     for key in lam_whole:
         torch.testing.assert_close(lam_merged[key], lam_whole[key], rtol=1e-5, atol=1e-8)
@@ -138,7 +147,11 @@ def test_kfac_precondition_equals_dense_kronecker_inverse(mode, factor):
     cfg = CurvatureConfig(method="kfac", damping_mode=mode, damping_factor=factor)
     factors = finalize_factors(cfg, ["L"], eigendecompose(_layer_stats("L", a_mat, g_mat), cfg))
     # Mean of the eigenvalue products eG eA^T = trace(G)/out * trace(A)/in.
-    damping = factor * float(torch.trace(g_mat) / out_f * torch.trace(a_mat) / in_f) if mode == "relative" else factor
+    damping = (
+        factor * float(torch.trace(g_mat) / out_f * torch.trace(a_mat) / in_f)
+        if mode == "relative"
+        else factor
+    )
     assert factors.damping["L"] == pytest.approx(damping, rel=1e-5)
     # Row-major vec of a [out, in] gradient: the K-FAC Fisher is kron(G, A).
     h = torch.kron(g_mat, a_mat) + damping * torch.eye(out_f * in_f, dtype=torch.float64)

@@ -28,8 +28,15 @@ VOCAB, T = 50, 9
 
 def _model(arch: str, layers: int = 2) -> nn.Module:
     torch.manual_seed(0)
-    common = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=layers,
-                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
     if arch == "llama":
         return LlamaForCausalLM(LlamaConfig(**common)).eval()
     if arch == "qwen2":
@@ -89,7 +96,9 @@ def _captured_grads(model, tracked, batch) -> dict[str, torch.Tensor]:
 def test_mlp_preset_selects_all_mlp_linears(arch):
     model = _model(arch, layers=2)
     tracked = select_tracked_modules(model, CurvatureConfig())
-    assert list(tracked) == [f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")]
+    assert list(tracked) == [
+        f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")
+    ]
     assert all(isinstance(m, nn.Linear) for m in tracked.values())
 
 
@@ -97,7 +106,9 @@ def test_gdig_official_preset_and_custom_patterns():
     model = _model("llama", layers=7)
     official = select_tracked_modules(model, CurvatureConfig(preset="gdig-official"))
     assert list(official) == [f"model.layers.{i}.mlp.down_proj" for i in (0, 3, 6)]
-    custom = select_tracked_modules(model, CurvatureConfig(preset="custom", modules=["*layers.1.self_attn.q_proj"]))
+    custom = select_tracked_modules(
+        model, CurvatureConfig(preset="custom", modules=["*layers.1.self_attn.q_proj"])
+    )
     assert list(custom) == ["model.layers.1.self_attn.q_proj"]
     with pytest.raises(ValueError, match="preset 'custom'"):
         select_tracked_modules(model, CurvatureConfig(modules=["*q_proj"]))

@@ -22,8 +22,15 @@ POISON = 39
 
 def _model(arch: str = "llama") -> nn.Module:
     torch.manual_seed(0)
-    common = dict(vocab_size=VOCAB, hidden_size=12, intermediate_size=20, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=12,
+        intermediate_size=20,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
+    )
     if arch == "gemma3":
         return Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=6, sliding_window=4)).eval()
     return LlamaForCausalLM(LlamaConfig(**common)).eval()
@@ -68,7 +75,9 @@ def _run(model, cfg, sc, seeds, cands, path, batch_size=3) -> tuple:
     return read_scores(path), summary, precond, factors, tracked
 
 
-@pytest.mark.parametrize(("arch", "normalisation"), [("llama", "sequence"), ("llama", "token"), ("gemma3", "token")])
+@pytest.mark.parametrize(
+    ("arch", "normalisation"), [("llama", "sequence"), ("llama", "token"), ("gemma3", "token")]
+)
 def test_identity_scores_equal_flat_autograd_dot_products(tmp_path, arch, normalisation):
     model = _model(arch)
     seeds, cands = _examples(3, 1, "s"), _examples(7, 2, "c")
@@ -137,7 +146,9 @@ def test_shards_concatenated_equal_unsharded(tmp_path):
     seeds, cands = _examples(3, 1, "s"), _examples(10, 2, "c")
     cfg = CurvatureConfig(method="ekfac")
     sc = ScoringConfig(feature_dim=24)
-    whole, _, precond, factors, _ = _run(model, cfg, sc, seeds, cands, tmp_path / "whole.parquet", batch_size=4)
+    whole, _, precond, factors, _ = _run(
+        model, cfg, sc, seeds, cands, tmp_path / "whole.parquet", batch_size=4
+    )
     parts = []
     for k, (lo, hi) in enumerate([(0, 3), (3, 7), (7, 10)]):
         parts.append(tmp_path / f"part{k}.parquet")
@@ -154,11 +165,15 @@ def test_seed_rank_compression(tmp_path):
     model = _model()
     seeds, cands = _examples(3, 1, "s"), _examples(4, 2, "c")
     cfg = CurvatureConfig(method="ekfac")
-    exact, _, precond, factors, tracked = _run(model, cfg, ScoringConfig(), seeds, cands, tmp_path / "e.parquet")
+    exact, _, precond, factors, tracked = _run(
+        model, cfg, ScoringConfig(), seeds, cands, tmp_path / "e.parquet"
+    )
     # Full rank (>= min(out, in)): identical scores through the low-rank path.
     full = precondition_seeds(model, _batches(seeds, 3), factors, cfg, ScoringConfig(seed_rank=12))
     score_shard(model, _batches(cands, 4), full, factors, ScoringConfig(seed_rank=12), tmp_path / "f.parquet")
-    np.testing.assert_allclose(read_scores(tmp_path / "f.parquet").benefit, exact.benefit, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        read_scores(tmp_path / "f.parquet").benefit, exact.benefit, rtol=1e-4, atol=1e-6
+    )
     # Rank 1: scores equal <truncated-SVD V, dW_z> computed densely.
     low = precondition_seeds(model, _batches(seeds, 3), factors, cfg, ScoringConfig(seed_rank=1))
     assert all(low.left[n].shape[-1] == 1 for n in tracked)
@@ -169,8 +184,9 @@ def test_seed_rank_compression(tmp_path):
         v1 = (u[..., :1] * s[..., None, :1]) @ vh[..., :1, :]
         gz = torch.stack([_flat_grad(model, ex, {name: mod}, "sequence") for _, ex in cands])
         expected += (gz @ v1.reshape(3, -1).T).numpy()
-    np.testing.assert_allclose(read_scores(tmp_path / "r.parquet").benefit, expected, rtol=1e-3,
-                               atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        read_scores(tmp_path / "r.parquet").benefit, expected, rtol=1e-3, atol=1e-5 * np.abs(expected).max()
+    )
     low.save(tmp_path / "low.safetensors")
     again = Preconditioned.load(tmp_path / "low.safetensors")
     assert again.rank == 1 and again.seed_ids == low.seed_ids
@@ -181,7 +197,9 @@ def test_features_are_kronecker_projections_of_the_gradient(tmp_path):
     model = _model()
     seeds, cands = _examples(2, 1, "s"), _examples(4, 2, "c")
     sc = ScoringConfig(feature_dim=40, feature_seed=7)
-    table, _, _, _, tracked = _run(model, CurvatureConfig(method="identity"), sc, seeds, cands, tmp_path / "s.parquet")
+    table, _, _, _, tracked = _run(
+        model, CurvatureConfig(method="identity"), sc, seeds, cands, tmp_path / "s.parquet"
+    )
     proj = KroneckerProjector({n: layer_shape(m) for n, m in tracked.items()}, 40, seed=7)
     expected = []
     for _, ex in cands:
@@ -219,10 +237,13 @@ def test_bad_candidates_are_marked_and_do_not_poison_others(tmp_path):
     cfg, sc = CurvatureConfig(method="ekfac"), ScoringConfig(feature_dim=8)
     tracked = select_tracked_modules(model, cfg)
     factors = fit_factors(model, lambda: _batches(poisoned, 3), tracked, cfg)
-    clean_factors = fit_factors(model, lambda: _batches([c for i, c in enumerate(cands) if i not in (1, 4)], 3),
-                                tracked, cfg)
+    clean_factors = fit_factors(
+        model, lambda: _batches([c for i, c in enumerate(cands) if i not in (1, 4)], 3), tracked, cfg
+    )
     for name in tracked:  # the bad rows did not enter the curvature either
-        torch.testing.assert_close(factors.inv_lambda[name], clean_factors.inv_lambda[name], rtol=1e-4, atol=0)
+        torch.testing.assert_close(
+            factors.inv_lambda[name], clean_factors.inv_lambda[name], rtol=1e-4, atol=0
+        )
     precond = precondition_seeds(model, _batches(seeds, 2), factors, cfg, sc)
     summary = score_shard(model, _batches(poisoned, 3), precond, factors, sc, tmp_path / "p.parquet")
     score_shard(model, _batches(cands, 3), precond, factors, sc, tmp_path / "c.parquet")

@@ -103,7 +103,9 @@ def _kronfluence_scores(model, modules, fit, seeds, cands, strategy, damping, tm
     task = _SummedLMTask(modules)
     kf_model = kronfluence.prepare_model(copy.deepcopy(model), task)
     analyzer = Analyzer("agree", kf_model, task, cpu=True, disable_tqdm=True, output_dir=str(tmp_path / "kf"))
-    fargs = FactorArguments(strategy=strategy, use_empirical_fisher=True, eigendecomposition_dtype=torch.float64)
+    fargs = FactorArguments(
+        strategy=strategy, use_empirical_fisher=True, eigendecomposition_dtype=torch.float64
+    )
     analyzer.fit_all_factors("f", fit, per_device_batch_size=4, factor_args=fargs, overwrite_output_dir=True)
     analyzer.compute_pairwise_scores(
         "s",

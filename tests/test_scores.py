@@ -16,7 +16,9 @@ from gdig_core.scores import (
 )
 
 
-def _batch(rng: np.random.Generator, start: int, n: int, m: int, d: int, bad: set[int] = frozenset()) -> ScoreBatch:
+def _batch(
+    rng: np.random.Generator, start: int, n: int, m: int, d: int, bad: set[int] = frozenset()
+) -> ScoreBatch:
     ok = np.array([i not in bad for i in range(n)])
     return ScoreBatch(
         ids=[f"c{start + i}" for i in range(n)],
