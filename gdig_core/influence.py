@@ -50,7 +50,8 @@ class Preconditioned:
     """Preconditioned seed gradients ``V_s = H^-1 grad loss(s)`` per tracked layer.
 
     Exact: ``full[l]`` [S, out, in]. Rank-r compressed (``rank`` set): ``left[l]`` [S, out, r]
-    and ``right[l]`` [S, r, in] with ``V_s ~= left[s] @ right[s]`` (truncated SVD). fp32, CPU.
+    and ``right[l]`` [S, r, in] with ``V_s ~= left[s] @ right[s]`` (truncated SVD). On the CPU,
+    fp32 or the scoring autocast dtype.
     Seeds whose loss or gradient was not finite are dropped and listed in ``bad_seeds``.
     """
 
@@ -120,7 +121,7 @@ def per_example_grads(a: Tensor, g: Tensor) -> Tensor:
 
 def _compress(v: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """Best rank-r factors of each [out, in] slice of ``v`` [S, out, in] (truncated SVD)."""
-    u, s, vh = torch.linalg.svd(v.double(), full_matrices=False)
+    u, s, vh = torch.linalg.svd(v.float(), full_matrices=False)
     r = min(rank, s.shape[-1])
     return (u[..., :r] * s[..., None, :r]).float(), vh[..., :r, :].float()
 
@@ -135,21 +136,33 @@ def precondition_seeds(
     """Compute ``V_s = H^-1 grad_W loss(s)`` for every seed and tracked layer.
 
     Seed gradients use ``cfg_score.loss_normalisation`` and ``cfg_score.autocast`` (the same
-    loss as the candidates); preconditioning runs in fp32; ``cfg_score.seed_rank`` compresses
-    each ``V_s^l`` to that rank by truncated SVD.
+    loss as the candidates); preconditioning (and the optional rank-``cfg_score.seed_rank``
+    truncated SVD) runs in fp32, one layer at a time during backward, so device memory holds one
+    layer's [B, out, in] at once. Results are kept on the CPU in the scoring dtype (fp32, or the
+    autocast dtype, which halves the memory of large seed sets).
     """
     tracked = select_tracked_modules(model, cfg_curv)
     if list(tracked) != list(factors.modules):
         raise ValueError(f"tracked layers {list(tracked)} differ from the factors' {factors.modules}")
-    grads: dict[str, Tensor] = {}
+    store = autocast_dtype(cfg_score.autocast) or torch.float32
+    rank = cfg_score.seed_rank
+    parts: dict[str, list] = {n: [] for n in tracked}
+    finite: dict[str, Tensor] = {}
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
         a32, g32 = _masked(ctx, a, g, torch.float32)
-        grads[name] = per_example_grads(a32, g32)
+        v = factors.precondition(name, per_example_grads(a32, g32))
+        finite[name] = torch.isfinite(v).flatten(1).all(1).cpu()
+        v = torch.nan_to_num(v)  # bad rows are dropped below; keep the SVD well defined
+        if rank is None:
+            parts[name].append(v.to(store).cpu())
+        else:
+            left, right = _compress(v, rank)
+            parts[name].append((left.to(store).cpu(), right.to(store).cpu()))
 
     ids: list[str] = []
     bad: dict[str, str] = {}
-    parts: dict[str, list] = {n: [] for n in tracked}
+    keep: list[Tensor] = []
     for ctx in capture_batches(
         model,
         tracked,
@@ -158,42 +171,35 @@ def precondition_seeds(
         normalisation=cfg_score.loss_normalisation,
         autocast_dtype=autocast_dtype(cfg_score.autocast),
     ):
-        ok = ctx.ok.clone()
-        if grads:
+        ok = ctx.ok.cpu()
+        if not finite:  # no backward ran: every seed of the batch had an unusable loss
             for name in tracked:
-                ok &= torch.isfinite(grads[name]).flatten(1).all(1)
+                parts[name].append(None)
+        for name in finite:
+            ok = ok & finite[name]
+        finite.clear()
+        keep.append(ok)
         for i, sid in enumerate(ctx.ids):
-            if not bool(ok[i]):
+            if bool(ok[i]):
+                ids.append(sid)
+            else:
                 bad[sid] = ctx.reasons[i] or "nonfinite_gradient"
-        ids.extend(sid for i, sid in enumerate(ctx.ids) if bool(ok[i]))
-        if bool(ok.any()):
-            for name in tracked:
-                v = factors.precondition(name, grads[name][ok])
-                parts[name].append(
-                    v.cpu() if cfg_score.seed_rank is None else _compress(v, cfg_score.seed_rank)
-                )
-        grads.clear()
     if not ids:
         raise ValueError(f"no usable seed: {bad}")
     out = Preconditioned(
         seed_ids=ids,
         modules=list(tracked),
         loss_normalisation=cfg_score.loss_normalisation,
-        rank=cfg_score.seed_rank,
+        rank=rank,
         bad_seeds=bad,
     )
     for name, chunks in parts.items():
-        if cfg_score.seed_rank is None:
-            out.full[name] = torch.cat(chunks)
+        used = [(c, k) for c, k in zip(chunks, keep, strict=True) if c is not None and bool(k.any())]
+        if rank is None:
+            out.full[name] = torch.cat([c[k] for c, k in used])
         else:
-            # Pad ranks to a common r (an [out, in] slice may have rank < seed_rank).
-            r = max(c[0].shape[-1] for c in chunks)
-            out.left[name] = torch.cat(
-                [nn.functional.pad(c[0], (0, r - c[0].shape[-1])).cpu() for c in chunks]
-            )
-            out.right[name] = torch.cat(
-                [nn.functional.pad(c[1], (0, 0, 0, r - c[1].shape[-2])).cpu() for c in chunks]
-            )
+            out.left[name] = torch.cat([c[0][k] for c, k in used])
+            out.right[name] = torch.cat([c[1][k] for c, k in used])
     return out
 
 
