@@ -17,6 +17,15 @@ DATA_DIR = Path(__file__).parents[1].parent / "shared/data/mt"
 POOL = DATA_DIR / "de-en/pool.wmt17-20.jsonl"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread; two threads on a busy 2-core machine were 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _cfg(max_length: int = 128) -> GdigConfig:
     cfg = GdigConfig()
     cfg.data.data_dir = str(DATA_DIR)
@@ -159,7 +168,7 @@ def test_tiny_model_memorises_real_pairs(tmp_path: Path) -> None:
     tiny = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, vocab_size=2000)
     base = build_tiny_model(tiny, texts, tmp_path / "base", seed=0)
     pairs = _pool_rows(50, max_chars=90)
-    train = TrainConfig(max_steps=200, learning_rate=3e-3, batch_size=10, warmup_ratio=0.05)
+    train = TrainConfig(max_steps=200, learning_rate=1e-2, batch_size=10, warmup_ratio=0.05)
     out = finetune(cfg, train, pa.Table.from_pylist(pairs), tmp_path / "ft", base_model=base, progress=False)
 
     sources, refs = [r["src"] for r in pairs], [r["tgt"] for r in pairs]
@@ -173,5 +182,6 @@ def test_tiny_model_memorises_real_pairs(tmp_path: Path) -> None:
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["final_loss"] < 0.25 * summary["first_loss"]
     assert scores["untrained"] < 5.0
-    assert scores["trained"] > 40.0, scores
-    assert exact >= 10, f"only {exact} of 50 translations reproduced exactly"
+    # Measured: untrained 0.0 BLEU; trained 100 BLEU with all 50 reproduced exactly.
+    assert scores["trained"] > 60.0, scores
+    assert exact >= 25, f"only {exact} of 50 translations reproduced exactly"
