@@ -1,0 +1,289 @@
+"""Benchmark of the influence engine against a plain training step and kronfluence, in one run.
+
+Default (GPU): a Llama-shaped model of about 953M parameters (16 layers, hidden 2048, MLP 5632,
+vocab 32000, random weights) in bf16, 256-token examples whose first half is masked (prompt),
+the 48 MLP linears tracked, 32 seeds. ``--tiny`` shrinks the model and sequence so the same
+measurements run on a CPU in about a minute. Reported, all on the same batches:
+
+- training step: forward + backward of the mean loss with every parameter trainable (no optimizer)
+- scoring: ``score_shard`` (32 seeds, features, Parquet output) examples/s
+- factor fitting: EK-FAC covariance pass + Lambda pass (examples/s over both passes)
+- kronfluence 1.0.1: EK-FAC pairwise scores against the same 32 seeds, examples/s
+- peak GPU memory of each phase (CUDA only)
+
+    .venv/bin/python bench/bench_influence.py --tiny            # CPU
+    python bench/bench_influence.py --batch-size 16              # H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gdig_core.config import CurvatureConfig, ScoringConfig  # noqa: E402
+from gdig_core.curvature import (  # noqa: E402
+    covariance_stats,
+    eigendecompose,
+    finalize_factors,
+    lambda_stats,
+)
+from gdig_core.hooks import select_tracked_modules  # noqa: E402
+from gdig_core.influence import precondition_seeds, score_shard  # noqa: E402
+
+FULL = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    vocab_size=32000,
+    seq_len=256,
+)
+TINY = dict(
+    hidden_size=128,
+    intermediate_size=352,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    vocab_size=2000,
+    seq_len=64,
+)
+
+
+def build_model(shape: dict, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        **{k: v for k, v in shape.items() if k != "seq_len"}, max_position_embeddings=shape["seq_len"]
+    )
+    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+
+
+def make_batches(n_batches: int, batch_size: int, seq_len: int, vocab: int, prefix: str, seed: int) -> list:
+    """Full-length examples; the first half of each is the prompt (labels -100)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for b in range(n_batches):
+        ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen)
+        labels = ids.clone()
+        labels[:, : seq_len // 2] = -100
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        out.append(([f"{prefix}{b * batch_size + i}" for i in range(batch_size)], batch))
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device: torch.device, fn: Callable[[], object], repeats: int = 1) -> tuple[float, float | None]:
+    """Best-of-``repeats`` seconds and peak GPU memory (GiB) of ``fn()``.
+
+    The minimum is the least disturbed by other load on a shared machine.
+    """
+    best = float("inf")
+    peak = None
+    for _ in range(repeats):
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+        if device.type == "cuda":
+            peak = max(peak or 0.0, torch.cuda.max_memory_allocated() / 2**30)
+    return best, peak
+
+
+def train_steps(model: nn.Module, batches: list, device: torch.device, amp: torch.dtype | None) -> None:
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for _, batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def kronfluence_scores(model, modules, fit, seeds, cands, batch_size, device, amp, tmp: Path) -> Callable:
+    """Fit kronfluence EK-FAC factors (untimed) and return a closure timing its pairwise scoring."""
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+
+    class SummedLM(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+            return nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+
+        def compute_measurement(self, batch, model):
+            return self.compute_train_loss(batch, model)
+
+        def get_influence_tracked_modules(self):
+            return modules
+
+        def get_attention_mask(self, batch):
+            return batch["attention_mask"]
+
+    def as_dataset(batches):
+        return [{k: v[i] for k, v in b.items()} for _, b in batches for i in range(b["input_ids"].shape[0])]
+
+    logging.getLogger("kronfluence").setLevel(logging.ERROR)
+    task = SummedLM()
+    kf_model = prepare_model(model, task)
+    analyzer = Analyzer(
+        "bench", kf_model, task, cpu=device.type == "cpu", disable_tqdm=True, output_dir=str(tmp)
+    )
+    fargs = FactorArguments(strategy="ekfac", use_empirical_fisher=True, amp_dtype=amp)
+    analyzer.fit_all_factors("f", as_dataset(fit), per_device_batch_size=batch_size, factor_args=fargs)
+    sargs = ScoreArguments(amp_dtype=amp)
+    if amp is not None:  # kronfluence's documented low-precision settings
+        sargs.per_sample_gradient_dtype = sargs.precondition_dtype = sargs.score_dtype = amp
+    seed_ds, cand_ds = as_dataset(seeds), as_dataset(cands)
+
+    def run() -> None:
+        analyzer.compute_pairwise_scores(
+            "s",
+            "f",
+            query_dataset=seed_ds,
+            train_dataset=cand_ds,
+            per_device_query_batch_size=len(seed_ds),
+            per_device_train_batch_size=batch_size,
+            score_args=sargs,
+            overwrite_output_dir=True,
+        )
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="small model and sequences (CPU)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=4, help="timed batches per phase (after one warm-up)")
+    ap.add_argument("--repeats", type=int, default=3, help="time each phase this often, keep the best")
+    ap.add_argument("--seeds", type=int, default=32)
+    ap.add_argument("--seed-rank", type=int, default=None)
+    ap.add_argument("--no-kronfluence", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    R = args.repeats
+    use_bf16 = (args.dtype or ("bf16" if device.type == "cuda" else "fp32")) == "bf16"
+    amp = torch.bfloat16 if use_bf16 else None
+    shape = TINY if args.tiny else FULL
+    model = build_model(shape, device, torch.bfloat16 if use_bf16 else torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    bs, seq = args.batch_size, shape["seq_len"]
+    warm = make_batches(1, bs, seq, shape["vocab_size"], "w", 0)
+    cands = make_batches(args.batches, bs, seq, shape["vocab_size"], "c", 1)
+    seeds = make_batches(1, args.seeds, seq, shape["vocab_size"], "s", 2)
+    n = args.batches * bs
+    curv = CurvatureConfig(method="ekfac", autocast="bfloat16" if use_bf16 else "none", batch_size=bs)
+    score_cfg = ScoringConfig(
+        batch_size=bs, seed_rank=args.seed_rank, autocast=curv.autocast, feature_dim=1024
+    )
+    tracked = select_tracked_modules(model, curv)
+    res: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "params_M": round(n_params / 1e6, 1),
+        "tracked_layers": len(tracked),
+        "batch_size": bs,
+        "seq_len": seq,
+        "examples_per_phase": n,
+        "seeds": args.seeds,
+        "dtype": "bf16" if use_bf16 else "fp32",
+        "repeats": R,
+    }
+
+    def record(key: str, seconds: float, peak: float | None) -> None:
+        res[f"{key}_ex_per_s"] = round(n / seconds, 3)
+        if peak is not None:
+            res[f"{key}_peak_gib"] = round(peak, 2)
+
+    train_steps(model, warm, device, amp)
+    record("train_step", *timed(device, lambda: train_steps(model, cands, device, amp), R))
+
+    stats: dict = {}
+    covariance_stats(model, warm, tracked, curv)
+    t_cov, p_cov = timed(device, lambda: stats.update(cov=covariance_stats(model, cands, tracked, curv)), R)
+    eigen = eigendecompose(stats["cov"], curv)
+    lambda_stats(model, warm, tracked, eigen, curv)
+    t_lam, p_lam = timed(
+        device, lambda: stats.update(lam=lambda_stats(model, cands, tracked, eigen, curv)), R
+    )
+    record("factor_covariance", t_cov, p_cov)
+    record("factor_lambda", t_lam, p_lam)
+    record("factor_fit", t_cov + t_lam, None if p_cov is None else max(p_cov, p_lam))
+    factors = finalize_factors(curv, list(tracked), eigen, stats["lam"])
+
+    t_pre, _ = timed(
+        device, lambda: stats.update(pre=precondition_seeds(model, seeds, factors, curv, score_cfg))
+    )
+    res["precondition_seconds"] = round(t_pre, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        score_shard(model, warm, stats["pre"], factors, score_cfg, Path(tmp) / "warm.parquet")
+        record(
+            "scoring",
+            *timed(
+                device,
+                lambda: score_shard(
+                    model, cands, stats["pre"], factors, score_cfg, Path(tmp) / "scores.parquet"
+                ),
+                R,
+            ),
+        )
+        del stats["pre"]
+        if not args.no_kronfluence:
+            kf_model = copy.deepcopy(model)
+            run = kronfluence_scores(
+                kf_model, list(tracked), warm, seeds, cands, bs, device, amp, Path(tmp) / "kf"
+            )
+            record("kronfluence_pairwise", *timed(device, run, R))
+            del kf_model, run
+    base = res["train_step_ex_per_s"]
+    for key in ("scoring", "factor_fit", "factor_covariance", "factor_lambda", "kronfluence_pairwise"):
+        if f"{key}_ex_per_s" in res:
+            res[f"{key}_vs_train"] = round(res[f"{key}_ex_per_s"] / base, 3)
+    if device.type != "cuda":
+        import resource
+
+        res["process_max_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    print(json.dumps(res, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
