@@ -24,25 +24,32 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gdig_core.config import SelectionConfig  # noqa: E402
-from gdig_core.scores import ScoreTable  # noqa: E402
-from gdig_core.selection import METHODS, select  # noqa: E402
+METHODS = ("gdig", "quality", "diversity", "random", "full")
 
 
 def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def synth(n: int, d: int, m: int, blobs: int, quality_frac: float, seed: int) -> tuple[ScoreTable, pa.Table]:
-    rng = np.random.default_rng(seed)
-    ids = np.array([f"cand-{i:08d}" for i in range(n)], dtype=object)
+def synth_features(n: int, d: int, blobs: int, rng: np.random.Generator) -> np.ndarray:
+    """A mixture of Gaussian blobs (centres at scale 2, unit noise), float32 [n, d]."""
     centres = rng.standard_normal((blobs, d), dtype=np.float32) * 2.0
     feats = rng.standard_normal((n, d), dtype=np.float32)
     feats += centres[rng.integers(0, blobs, n)]
+    return feats
+
+
+def synth(n: int, d: int, m: int, blobs: int, quality_frac: float, seed: int):
+    import pyarrow as pa
+
+    from gdig_core.scores import ScoreTable
+
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"cand-{i:08d}" for i in range(n)], dtype=object)
+    feats = synth_features(n, d, blobs, rng)
     mean = rng.standard_normal(n)
     passes = rng.random(n) < quality_frac
     frac = np.where(passes, 1.0, rng.integers(0, m, n) / m)
@@ -82,6 +89,63 @@ def synth(n: int, d: int, m: int, blobs: int, quality_frac: float, seed: int) ->
     return scores, pool
 
 
+def inertia(x: np.ndarray, centres: np.ndarray, chunk: int = 65_536) -> float:
+    """Sum of squared distances to the nearest centre, computed the same way for every library."""
+    c2 = (centres.astype(np.float64) ** 2).sum(1)
+    total = 0.0
+    for s in range(0, len(x), chunk):
+        xb = x[s : s + chunk]
+        d2 = (xb.astype(np.float64) ** 2).sum(1)[:, None] - 2 * (xb @ centres.T) + c2[None, :]
+        total += float(np.maximum(d2.min(1), 0).sum())
+    return total
+
+
+def compare_kmeans(n: int, d: int, k: int, blobs: int, which: list[str], max_iter: int) -> dict:
+    """Time k-means implementations on the same synthetic features (fit + final assignment)."""
+    x = synth_features(n, d, blobs, np.random.default_rng(0))
+    out: dict = {"n": n, "dim": d, "k": k, "runs": {}}
+    for name in which:
+        t, c = time.perf_counter(), time.process_time()
+        if name == "faiss":
+            import faiss  # optional: only for this comparison
+
+            km = faiss.Kmeans(d, k, niter=max_iter, seed=0, verbose=False)
+            km.train(x)
+            km.index.search(x, 1)  # the labels of every point, as selection needs them
+            centres = km.centroids
+        else:
+            from sklearn.cluster import KMeans, MiniBatchKMeans
+
+            km = None
+            if name == "sklearn-sampled":  # what selection's kmeans_algorithm=auto does
+                from gdig_core.selection import kmeans_clusters
+
+                centres = kmeans_clusters(x, k, seed=0, algorithm="auto", max_iter=max_iter).centers
+            elif name == "sklearn-minibatch":
+                km = MiniBatchKMeans(
+                    n_clusters=k,
+                    batch_size=4096,
+                    max_iter=max_iter,
+                    n_init=1,
+                    random_state=0,
+                    max_no_improvement=10,
+                    reassignment_ratio=0.01,
+                ).fit(x)
+            else:
+                km = KMeans(n_clusters=k, n_init=1, max_iter=max_iter, random_state=0).fit(x)
+            if km is not None:
+                centres = km.cluster_centers_.astype(np.float32)
+        dt, cpu = time.perf_counter() - t, time.process_time() - c
+        out["runs"][name] = {
+            "seconds": round(dt, 1),
+            "cpu_seconds": round(cpu, 1),
+            "inertia": inertia(x, centres),
+            "peak_gib": round(peak_gib(), 2),
+        }
+        print(f"{name:18s} {json.dumps(out['runs'][name])}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -96,7 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="output root (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--kmeans-compare",
+        nargs="+",
+        default=None,
+        choices=["sklearn-sampled", "sklearn-minibatch", "sklearn-lloyd", "faiss"],
+        help="only time these k-means implementations on the features (needs numpy, sklearn, faiss)",
+    )
+    ap.add_argument("--max-iter", type=int, default=20, help="k-means iterations for --kmeans-compare")
     args = ap.parse_args(argv)
+    if args.kmeans_compare:
+        k = args.n_clusters or max(2, args.budget // 10)
+        res = compare_kmeans(args.n, args.dim, k, args.blobs, args.kmeans_compare, args.max_iter)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2) + "\n")
+        return 0
+    from gdig_core.config import SelectionConfig
+    from gdig_core.selection import select
 
     t0 = time.perf_counter()
     scores, pool = synth(args.n, args.dim, args.seeds, args.blobs, args.quality_frac, seed=0)
@@ -117,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         for method in args.methods:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             res = select(scores, pool, cfg, method, args.budget, root / method, plots=not args.no_plots)
-            dt = time.perf_counter() - t
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
             clu = res.summary.get("clustering") or {}
             row = {
                 "seconds": round(dt, 1),
+                "cpu_seconds": round(cpu, 1),
+                "kmeans_iters": clu.get("n_iter"),
                 "size": res.size,
                 "peak_gib": round(peak_gib(), 2),
                 "k_used": clu.get("k_used"),

@@ -199,9 +199,11 @@ class SelectionConfig(Section):
     #: k-means K; None ties it to the budget (budget // cluster_size_hint, at least 2).
     n_clusters: int | None = Field(default=None, gt=0)
     cluster_size_hint: int = Field(default=10, gt=0)
-    #: auto: full Lloyd k-means up to 50,000 points, MiniBatchKMeans above (pool scale).
+    #: auto: Lloyd k-means fitted on at most 256 points per cluster (a seeded subsample at pool
+    #: scale), then every point assigned to its nearest centre; lloyd: on every point;
+    #: minibatch: sklearn MiniBatchKMeans.
     kmeans_algorithm: Literal["auto", "lloyd", "minibatch"] = "auto"
-    kmeans_max_iter: int = Field(default=100, gt=0)
+    kmeans_max_iter: int = Field(default=30, gt=0)
     #: Budget larger than the quality set: take_all (select the whole quality set, say so) or
     #: top_up (fill from the next-best eligible candidates by mean benefit, each marked top_up).
     shortfall: Literal["take_all", "top_up"] = "top_up"
