@@ -256,6 +256,9 @@ class OrchestrationConfig(Section):
     #: Slots of that limit when the pipeline has to create it (None: max_workers); an existing
     #: limit keeps its own count (``prefect gcl create gpu --limit N`` on a cluster).
     gpu_slots: int | None = Field(default=None, gt=0)
+    #: Lease of a held slot, renewed while the task runs; a killed run's slots return to the pool
+    #: when it expires (the Prefect server's minimum is 60 s).
+    gpu_lease_seconds: float = Field(default=60, ge=60)
     #: Shards (and selections, finetunes, evaluations) run concurrently: threads in local mode,
     #: deployment runs in flight in deployment mode.
     max_workers: int = Field(default=1, gt=0)
