@@ -35,6 +35,12 @@ def _runner(cfg: GdigConfig) -> ThreadPoolTaskRunner:
     return ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers)
 
 
+def _serial() -> ThreadPoolTaskRunner:
+    # Finetunes and evaluations each fill the GPU (and transformers' model loading is not
+    # thread-safe): one at a time in this process. Shards are what scales out.
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
 @flow(name="data", persist_result=False)
 def data_flow(config: GdigConfig, run_dir: str) -> StageOutput:
     return prepare_data_task(config, run_dir)
@@ -133,9 +139,9 @@ def gdig_pipeline(config: GdigConfig = GdigConfig()) -> dict[str, Any]:  # noqa:
     models: list[StageOutput] = []
     evaluations: list[StageOutput] = []
     if cfg.finetune.enabled:
-        models = finetune_flow.with_options(**opts)(cfg, run_dir, base, selections)
+        models = finetune_flow.with_options(task_runner=_serial())(cfg, run_dir, base, selections)
     if cfg.evaluation.enabled:
-        evaluations = evaluation_flow.with_options(**opts)(cfg, run_dir, base, models)
+        evaluations = evaluation_flow.with_options(task_runner=_serial())(cfg, run_dir, base, models)
     report = report_flow.with_options(**opts)(cfg, run_dir, data, selections, evaluations)
     outputs = publish_outputs(run_dir, data, scores, selections, report, records)
     # On the pipeline run itself, so its Artifacts tab shows the result without opening subflows.

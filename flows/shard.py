@@ -18,7 +18,8 @@ def shard_flow(job: ShardJob) -> dict[str, Any]:
     """Compute one shard and write it (then its ``.done.json`` sidecar) to ``job.output``."""
     from tasks.shard_work import execute_job
 
-    limit = job.config.get("orchestration", {}).get("gpu_concurrency_limit", "gpu")
+    orch = job.config.get("orchestration", {})
     # The same global limit as in-process shards: GPUs are not oversubscribed whoever runs them.
-    with concurrency(limit, occupy=1, strict=False):
+    with concurrency(orch.get("gpu_concurrency_limit", "gpu"), occupy=1,
+                     lease_duration=float(orch.get("gpu_lease_seconds", 60)), strict=False):
         return execute_job(job)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +57,17 @@ def raw_file_hashes(paths: dict[str, Path | None]) -> dict[str, str]:
         else:
             out[name] = file_sha256(path) if path.exists() else "missing"
     return out
+
+
+@contextlib.contextmanager
+def gpu_slot(cfg: GdigConfig) -> Iterator[None]:
+    """Hold one slot of the global GPU concurrency limit (a no-op outside a Prefect run)."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        yield
+        return
+    orch = cfg.orchestration
+    with concurrency(orch.gpu_concurrency_limit, occupy=1, lease_duration=orch.gpu_lease_seconds, strict=False):
+        yield

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from gdig_core.config import GdigConfig, resolve_data_path
 from tasks import artifacts
-from tasks.common import config_json, model_fingerprint, raw_file_hashes
+from tasks.common import config_json, gpu_slot, model_fingerprint, raw_file_hashes
 from tasks.faults import retry_condition
 from tasks.stage_cache import StageOutput, run_stage
 
@@ -105,7 +105,8 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
         table = read_pairs(data.path("pool.parquet"))
         table = table.take(sample_rows(table.num_rows, cfg.reference.sample, cfg.reference.train.seed))
         # Train into the work dir so resume checkpoints survive a killed run, then move in place.
-        model_dir = finetune(cfg, cfg.reference.train, table, work / "model", base_model=base[0], progress=False)
+        with gpu_slot(cfg):
+            model_dir = finetune(cfg, cfg.reference.train, table, work / "model", base_model=base[0], progress=False)
         shutil.move(str(model_dir), out / "model")
         return {"pairs": table.num_rows}
 

@@ -11,7 +11,7 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts
-from tasks.common import config_json, raw_file_hashes
+from tasks.common import config_json, gpu_slot, raw_file_hashes
 from tasks.data_tasks import TASK_OPTS, pool_hash
 from tasks.stage_cache import StageOutput, run_stage
 
@@ -56,7 +56,8 @@ def finetune_task(
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         table = read_pairs(selection.path("selected.parquet"))
-        model_dir = finetune(cfg, train_cfg, table, work / "model", base_model=base[0], progress=False)
+        with gpu_slot(cfg):
+            model_dir = finetune(cfg, train_cfg, table, work / "model", base_model=base[0], progress=False)
         shutil.move(str(model_dir), out / "model")
         return {**{k: selection.summary.get(k) for k in ("method", "budget", "size")}, "seed": seed}
 
@@ -84,7 +85,8 @@ def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: 
     from gdig_core.evaluation import evaluate_model
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        metrics = evaluate_model(cfg, model[0], out)
+        with gpu_slot(cfg):
+            metrics = evaluate_model(cfg, model[0], out)
         return {**meta, "metrics": metrics}
 
     ev = {k: v for k, v in cfg.evaluation.model_dump(mode="json").items() if k != "zero_shot"}

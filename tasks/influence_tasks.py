@@ -10,7 +10,7 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts, storage
-from tasks.common import config_json
+from tasks.common import config_json, gpu_slot
 from tasks.data_tasks import TASK_OPTS, pool_hash, sample_rows, seed_hash
 from tasks.shard_map import map_shards
 from tasks.shards import ShardJob, ShardKind, plan, shard_output
@@ -130,7 +130,8 @@ def precondition_task(
     from tasks.influence_calls import precondition_call
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        return precondition_call(cfg, reference[0], data.path("seed.parquet"), factors.path("factors.safetensors"),
+        with gpu_slot(cfg):
+            return precondition_call(cfg, reference[0], data.path("seed.parquet"), factors.path("factors.safetensors"),
                                  out / "precond.safetensors")
 
     return run_stage(

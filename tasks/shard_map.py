@@ -30,7 +30,8 @@ def run_shard_local(job: ShardJob, gpu_limit: str) -> dict[str, Any]:
     """One shard in this process, holding a slot of the GPU concurrency limit while it works."""
     from tasks.shard_work import execute_job
 
-    with concurrency(gpu_limit, occupy=1, strict=False):
+    lease = float(job.config.get("orchestration", {}).get("gpu_lease_seconds", 60))
+    with concurrency(gpu_limit, occupy=1, lease_duration=lease, strict=False):
         return execute_job(job)
 
 

@@ -16,6 +16,8 @@ from tasks.faults import inject, with_oom_backoff
 from tasks.shards import ShardJob, mark_done
 
 _LOCAL = threading.local()
+#: transformers' from_pretrained is not thread-safe (its empty-weights init is process-global).
+LOAD_LOCK = threading.Lock()
 
 
 def cache_root() -> Path:
@@ -32,7 +34,8 @@ def loaded_model(cfg: GdigConfig, path: str) -> tuple[Any, Any]:
     key = (path, cfg.model.model_dump_json())
     if key not in cache:
         cache.clear()  # one model per thread: the previous stage's model is done
-        cache[key] = load_model(cfg.model, path=path)
+        with LOAD_LOCK:
+            cache[key] = load_model(cfg.model, path=path)
         _LOCAL.models = cache
     return cache[key]
 

@@ -126,9 +126,12 @@ def _sidecars(run_dir: Path) -> list[Path]:
 @pytest.mark.slow
 def test_killed_run_resumes_and_skips_finished_shards(prefect_server, baseline_run, tmp_path: Path) -> None:
     run_dir = copy_run(baseline_run.run_dir, tmp_path / "run", UP_TO_PRECONDITION)
+    # The killed run keeps its GPU slot until the lease expires (>= 60 s); with two slots the
+    # rerun need not wait for that.
+    limit = ["orchestration.gpu_concurrency_limit=gpu-resume-test", "orchestration.gpu_slots=2"]
     # Each scoring shard sleeps 2 s first, so the kill lands mid-scoring.
     proc = subprocess.Popen(
-        pipeline_cmd(run_dir, []), env=prefect_server.env(GDIG_FAULTS=json.dumps({"delay": 2.0})), cwd=PROJECT_ROOT,
+        pipeline_cmd(run_dir, limit), env=prefect_server.env(GDIG_FAULTS=json.dumps({"delay": 2.0})), cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
@@ -143,7 +146,7 @@ def test_killed_run_resumes_and_skips_finished_shards(prefect_server, baseline_r
     done = len(_sidecars(run_dir))
     assert 2 <= done < 4
 
-    resumed = run_pipeline(prefect_server, run_dir)
+    resumed = run_pipeline(prefect_server, run_dir, limit)
     assert resumed.returncode == 0, resumed.output[-4000:]
     skipped = {r["shard"] for r in resumed.events("shard_skipped", "scoring")}
     computed = {r["shard"] for r in resumed.events("shard_computed", "scoring")}
