@@ -68,6 +68,15 @@ log = logging.getLogger(__name__)
 
 METHODS = ("gdig", "quality", "diversity", "random", "full")
 PAIR_COLUMNS = ("id", "src_lang", "tgt_lang", "src", "tgt")
+#: Every file :func:`select` may write into its output directory.
+OUTPUT_FILES = (
+    "selected.jsonl",
+    "selected.parquet",
+    "candidates.parquet",
+    "summary.json",
+    "score_hist.png",
+    "clusters.png",
+)
 #: Status of a candidate in ``candidates.parquet`` (the codes index this tuple).
 STATUSES = ("selected", "top_up", "bad", "below_quality", "not_reached")
 SELECTED, TOP_UP, BAD, BELOW_QUALITY, NOT_REACHED = range(len(STATUSES))
@@ -753,10 +762,12 @@ def select(
     ``scores`` comes from :func:`gdig_core.scores.read_scores`; ``pool`` is the pair table
     (columns ``id, src_lang, tgt_lang, src, tgt``) holding at least the selected ids. Raises
     :class:`SelectionError` for a non-positive budget, an unknown method or ids missing from
-    the pool. Each file is written atomically; ``summary.json`` is written last.
+    the pool. Each file is written atomically and ``summary.json`` last, after the previous one
+    was removed: a directory with a ``summary.json`` holds one complete selection.
     """
     out = Path(out_dir)
     plan, q = plan_selection(scores, cfg, method, budget)
+    (out / "summary.json").unlink(missing_ok=True)  # until the new files are all in place
     if plan.shortfall:
         plan.shortfall["method"] = method
         log.warning("selection %s b%d: %s", method, budget, plan.shortfall["message"])
@@ -775,10 +786,44 @@ def select(
 
         files.update(write_plots(out, scores, q, plan.picked, summary))
     files["summary"] = out / "summary.json"
+    for stale in set(OUTPUT_FILES) - {p.name for p in files.values()}:
+        (out / stale).unlink(missing_ok=True)  # e.g. a clusters.png from an earlier run with plots
     summary["files"] = sorted(p.name for p in files.values())
     atomic_write_json(files["summary"], summary)
     ids = selected.column("id").to_pylist()
     return SelectionResult(method, budget, out, ids, plan.shortfall, summary, files)
+
+
+def load_scores(paths: str | Path | Sequence[str | Path]) -> ScoreTable:
+    """Score shards from a glob pattern, a directory of ``*.parquet`` or a list of files (sorted)."""
+    from gdig_core.scores import read_scores
+
+    if isinstance(paths, (str, Path)):
+        p = Path(paths)
+        if p.is_dir():
+            files = sorted(p.glob("*.parquet"))
+        elif any(ch in p.name for ch in "*?["):
+            files = sorted(p.parent.glob(p.name))
+        else:
+            files = [p]
+    else:
+        files = [Path(x) for x in paths]
+    if not files:
+        raise SelectionError(f"no score shards found at {paths}")
+    return read_scores(files)
+
+
+def select_from_files(
+    scores: str | Path | Sequence[str | Path],
+    pool: str | Path,
+    cfg: SelectionConfig,
+    method: str,
+    budget: int,
+    out_dir: str | Path,
+    plots: bool = True,
+) -> SelectionResult:
+    """File-in/file-out :func:`select`: score shards (see :func:`load_scores`) and a pool Parquet."""
+    return select(load_scores(scores), pq.read_table(pool), cfg, method, budget, out_dir, plots)
 
 
 def run_selection(

@@ -291,3 +291,40 @@ def test_run_selection_layout(known, tmp_path):
         assert (r.out_dir / "selected.parquet").exists()
     index = json.loads((tmp_path / "sel" / "index.json").read_text())
     assert {(e["method"], e["dir"]) for e in index} >= {("gdig", "gdig/b1"), ("full", "full/all")}
+
+
+def test_select_from_files_and_rewrite(known, tmp_path):
+    from gdig_core.selection import select_from_files
+
+    scores, _ = known
+    out = tmp_path / "sel"
+    a = select_from_files(
+        tmp_path / "scores" / "*.parquet",
+        tmp_path / "data" / "pool.parquet",
+        SelectionConfig(),
+        "gdig",
+        2,
+        out,
+    )
+    assert (out / "clusters.png").exists()
+    b = select_from_files(
+        tmp_path / "scores",
+        tmp_path / "data" / "pool.parquet",
+        SelectionConfig(),
+        "gdig",
+        2,
+        out,
+        plots=False,
+    )
+    assert a.ids == b.ids == ["c0001", "c0005"]  # c0 shares c1's cluster; c5 is alone
+    assert not (out / "clusters.png").exists()  # a rewrite leaves no stale file behind
+    assert sorted(p.name for p in out.iterdir()) == json.loads((out / "summary.json").read_text())["files"]
+    with pytest.raises(SelectionError, match="no score shards"):
+        select_from_files(
+            tmp_path / "nothing" / "*.parquet",
+            tmp_path / "data" / "pool.parquet",
+            SelectionConfig(),
+            "gdig",
+            2,
+            out,
+        )
