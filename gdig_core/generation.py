@@ -11,6 +11,7 @@ newline, and stripped. The prompt is never part of it.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,21 +24,25 @@ from gdig_core.encoding import prompt_ids
 
 log = logging.getLogger(__name__)
 
-_TOKEN_CLASS_CACHE: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_TOKEN_CLASS_CACHE: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def newline_token_classes(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per vocabulary id: ``has_newline``, ``is_blank`` (decodes to whitespace or nothing) and
-    ``text_then_newline`` (holds text followed by a newline, e.g. ``".\\n"``). Cached per tokenizer."""
-    key = id(tokenizer)
-    if key not in _TOKEN_CLASS_CACHE:
+    ``text_then_newline`` (holds text followed by a newline, e.g. ``".\\n"``). Cached per tokenizer
+    object (decoding a 262k vocabulary once takes about a second)."""
+    cached = _TOKEN_CLASS_CACHE.get(tokenizer)
+    if cached is None:
         size = len(tokenizer)
         pieces = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=True)
         has_nl = torch.tensor(["\n" in p for p in pieces], dtype=torch.bool)
         blank = torch.tensor([p.strip() == "" for p in pieces], dtype=torch.bool)
         text_nl = torch.tensor(["\n" in p.lstrip() for p in pieces], dtype=torch.bool)
-        _TOKEN_CLASS_CACHE[key] = (has_nl, blank, text_nl)
-    return _TOKEN_CLASS_CACHE[key]
+        cached = (has_nl, blank, text_nl)
+        _TOKEN_CLASS_CACHE[tokenizer] = cached
+    return cached
 
 
 class EndOfLineCriteria(StoppingCriteria):
@@ -47,20 +52,25 @@ class EndOfLineCriteria(StoppingCriteria):
     search, where rows are reordered between steps.
     """
 
-    def __init__(self, tokenizer: Any, prompt_len: int):
-        self.has_nl, self.blank, self.text_nl = newline_token_classes(tokenizer)
+    def __init__(self, tokenizer: Any, prompt_len: int, device: torch.device | str = "cpu"):
+        # One extra entry (index = vocab size): ids beyond the tokenizer count as ordinary text.
+        self.has_nl, self.blank, self.text_nl = (
+            torch.cat([t, torch.zeros(1, dtype=torch.bool)]).to(device) for t in newline_token_classes(tokenizer)
+        )
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         new = input_ids[:, self.prompt_len :]
         if new.shape[1] == 0:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        new = new.clamp(0, len(self.has_nl) - 1).cpu()
+        if self.has_nl.device != new.device:
+            self.has_nl, self.blank, self.text_nl = (t.to(new.device) for t in (self.has_nl, self.blank, self.text_nl))
+        new = new.clamp(0, len(self.has_nl) - 1)
         content = ~self.blank[new]
         # Text seen strictly before each position.
         seen_before = (content.long().cumsum(dim=1) - content.long()) > 0
         done = (self.has_nl[new] & seen_before) | self.text_nl[new]
-        return done.any(dim=1).to(input_ids.device)
+        return done.any(dim=1)
 
 
 def cut_translation(text: str) -> str:
@@ -154,7 +164,7 @@ def generate_translations(
                 do_sample=False,
                 eos_token_id=eos_ids or None,
                 pad_token_id=pad_id,
-                stopping_criteria=StoppingCriteriaList([EndOfLineCriteria(tokenizer, prompt_len)]),
+                stopping_criteria=StoppingCriteriaList([EndOfLineCriteria(tokenizer, prompt_len, device)]),
                 # Greedy/beam settings only: silence sampling defaults from generation_config.
                 temperature=None,
                 top_p=None,

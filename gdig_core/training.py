@@ -129,7 +129,7 @@ def build_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.opt
 
 def target_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over the target (non -100) tokens of a batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     shift_logits = logits[:, :-1, :].float()
     shift_labels = batch["labels"][:, 1:]
     return F.cross_entropy(
