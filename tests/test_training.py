@@ -185,3 +185,23 @@ def test_tiny_model_memorises_real_pairs(tmp_path: Path) -> None:
     # Measured: untrained 0.0 BLEU; trained 100 BLEU with all 50 reproduced exactly.
     assert scores["trained"] > 60.0, scores
     assert exact >= 25, f"only {exact} of 50 translations reproduced exactly"
+
+
+def test_cli_finetune(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from gdig_cli.train_cmds import add_parser
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _pool_rows(6, max_chars=150)))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{data_dir: {DATA_DIR}}}\nmodel: {{device: cpu}}\nprompt: {{max_length: 96}}\n"
+                      "finetune: {train: {max_steps: 2, batch_size: 3, learning_rate: 1.0e-3}}\n")
+    parser = argparse.ArgumentParser(prog="gdig")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["finetune", str(config), "--data", str(data), "--base-model", str(tiny_model_dir),
+                              "--out", str(tmp_path / "out"), "--set", "finetune.train.max_steps=3", "--no-progress"])
+    assert args.func(args) == 0
+    summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["n_pairs"] == 6
+    assert "examples/s" in capsys.readouterr().out
