@@ -247,7 +247,14 @@ def test_bad_candidates_are_marked_and_do_not_poison_others(tmp_path):
         torch.testing.assert_close(
             factors.inv_lambda[name], clean_factors.inv_lambda[name], rtol=1e-4, atol=0
         )
+    bad_seed = {k: v.clone() for k, v in seeds[0][1].items()}
+    bad_seed["input_ids"][3] = POISON
+    with_bad = precondition_seeds(model, _batches([("sbad", bad_seed)] + seeds, 2), factors, cfg, sc)
     precond = precondition_seeds(model, _batches(seeds, 2), factors, cfg, sc)
+    assert with_bad.bad_seeds == {"sbad": "nonfinite_loss"} and with_bad.seed_ids == precond.seed_ids
+    for name in tracked:
+        scale = float(precond.full[name].abs().max())
+        torch.testing.assert_close(with_bad.full[name], precond.full[name], rtol=1e-4, atol=1e-6 * scale)
     summary = score_shard(model, _batches(poisoned, 3), precond, factors, sc, tmp_path / "p.parquet")
     score_shard(model, _batches(cands, 3), precond, factors, sc, tmp_path / "c.parquet")
     got, ref = read_scores(tmp_path / "p.parquet"), read_scores(tmp_path / "c.parquet")
