@@ -4,7 +4,8 @@ Reads, relative to RUN_DIR unless given as absolute paths (see :mod:`gdig_core.e
 ``scores/*.parquet`` (score shards, ``--scores``), ``data/pool.parquet`` (``--pool``),
 ``data/seed.parquet`` (``--seed``) and ``selection/<method>/b<budget>/`` (``--selection``:
 ``candidates.parquet``, ``selected.parquet``, ``summary.json`` written by
-:func:`gdig_core.selection.select`).
+:func:`gdig_core.selection.select`). Where RUN_DIR has the pipeline's ``outputs.json``, the score
+and data locations it records replace the first three defaults.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("id", metavar="ID", help="candidate id (the pool's id column)")
     p.add_argument("--method", choices=METHODS, help="only this selection method (default: all found)")
     p.add_argument("--budget", type=int, help="only this budget (default: all found)")
-    p.add_argument("--scores", default=DEFAULT_SCORES, help=f"score shard glob (default {DEFAULT_SCORES})")
-    p.add_argument("--pool", default=DEFAULT_POOL, help=f"pool pairs Parquet (default {DEFAULT_POOL})")
-    p.add_argument("--seed", default=DEFAULT_SEED, help=f"seed pairs Parquet (default {DEFAULT_SEED})")
+    p.add_argument("--scores", help=f"score shard glob (default: outputs.json, else {DEFAULT_SCORES})")
+    p.add_argument("--pool", help=f"pool pairs Parquet (default: outputs.json, else {DEFAULT_POOL})")
+    p.add_argument("--seed", help=f"seed pairs Parquet (default: outputs.json, else {DEFAULT_SEED})")
     p.add_argument(
         "--selection", default=DEFAULT_SELECTION, help=f"selection output root (default {DEFAULT_SELECTION})"
     )

@@ -12,6 +12,11 @@ Files read, each path relative to ``run_dir`` unless absolute (all are parameter
   :func:`gdig_core.selection.select`: ``candidates.parquet`` (status, ranks, cluster of every
   candidate), ``selected.parquet`` (the reason of each selected row) and ``summary.json``.
 
+When ``<run_dir>/outputs.json`` exists (the pipeline writes it) and a path is not given, its
+``scores`` entry (the shard directory) and ``data`` entry (holding ``pool.parquet`` and
+``seed.parquet``) are used instead of the defaults above, so ``gdig explain RUN_DIR ID`` finds
+the content-addressed stage directories by itself.
+
 Missing pool or seed files only drop the texts; a missing selection directory only drops the
 decisions. A candidate id absent from every score shard is an :class:`ExplainError`.
 """
@@ -249,14 +254,37 @@ def _percentile(dirs: list[tuple[str, int | None, Path]], value: float | None) -
     return float((vals <= value).mean()) if len(vals) else None
 
 
+def run_paths(
+    run_dir: str | Path,
+    scores: str | Path | None = None,
+    pool: str | Path | None = None,
+    seed: str | Path | None = None,
+    selection: str | Path | None = None,
+) -> dict[str, Path]:
+    """The input paths of an explanation: given ones, else ``outputs.json``'s, else the defaults."""
+    run = Path(run_dir)
+    outputs: dict[str, Any] = {}
+    if (run / "outputs.json").is_file():
+        outputs = json.loads((run / "outputs.json").read_text(encoding="utf-8"))
+    data_dir = outputs.get("data")
+    found = {
+        "scores": str(Path(outputs["scores"]) / "*.parquet") if outputs.get("scores") else DEFAULT_SCORES,
+        "pool": str(Path(data_dir) / "pool.parquet") if data_dir else DEFAULT_POOL,
+        "seed": str(Path(data_dir) / "seed.parquet") if data_dir else DEFAULT_SEED,
+        "selection": DEFAULT_SELECTION,
+    }
+    given = {"scores": scores, "pool": pool, "seed": seed, "selection": selection}
+    return {k: _resolve(run, given[k] if given[k] is not None else v) for k, v in found.items()}
+
+
 def explain_candidate(
     run_dir: str | Path,
     candidate_id: str,
     *,
-    scores: str | Path = DEFAULT_SCORES,
-    pool: str | Path = DEFAULT_POOL,
-    seed: str | Path = DEFAULT_SEED,
-    selection: str | Path = DEFAULT_SELECTION,
+    scores: str | Path | None = None,
+    pool: str | Path | None = None,
+    seed: str | Path | None = None,
+    selection: str | Path | None = None,
     method: str | None = None,
     budget: int | None = None,
     top_n: int = 5,
@@ -264,11 +292,11 @@ def explain_candidate(
     """Explain one candidate from the files of a run directory (see the module docstring).
 
     ``scores`` is a glob (or a single file); ``method`` / ``budget`` restrict the decisions shown.
+    Paths left None come from :func:`run_paths`.
     """
-    run = Path(run_dir)
+    paths = run_paths(run_dir, scores, pool, seed, selection)
     cid = str(candidate_id)
-    pattern = str(scores)
-    base = Path(pattern) if Path(pattern).is_absolute() else run / pattern
+    base = paths["scores"]
     shard_paths = sorted(base.parent.glob(base.name)) if any(ch in base.name for ch in "*?[") else [base]
     shard_paths = [p for p in shard_paths if p.is_file()]
     if not shard_paths:
@@ -277,16 +305,16 @@ def explain_candidate(
     row = int(np.flatnonzero(table.ids == cid)[0])
     ok = bool(table.ok[row])
     helped, harmed = _seed_effects(table, row, top_n)
-    seed_text = _pairs_by_id(_resolve(run, seed), sorted({e.seed_id for e in helped + harmed}))
+    seed_text = _pairs_by_id(paths["seed"], sorted({e.seed_id for e in helped + harmed}))
     for e in helped + harmed:
         if e.seed_id in seed_text:
             e.src, e.tgt = seed_text[e.seed_id]["src"], seed_text[e.seed_id]["tgt"]
     bad_reason = None if ok else str(table.bad_reason[row] or "unknown")
-    dirs = _selection_dirs(_resolve(run, selection), method, budget)
+    dirs = _selection_dirs(paths["selection"], method, budget)
     mean = _finite(table.benefit_mean[row])
     return Explanation(
         id=cid,
-        pair=_pairs_by_id(_resolve(run, pool), [cid]).get(cid),
+        pair=_pairs_by_id(paths["pool"], [cid]).get(cid),
         ok=ok,
         bad_reason=bad_reason,
         loss=_finite(table.loss[row]),

@@ -38,8 +38,17 @@ Files written (atomically) into ``out_dir`` by :func:`select`:
 - ``summary.json``: sizes, exclusions, shortfall, cluster histogram, score distributions, config.
 - ``score_hist.png`` and (clustering methods) ``clusters.png``.
 
+``summary.json`` is written last (an old one is removed first), so a directory holding one is a
+complete selection.
+
 Use :func:`selection_dir` for the conventional layout ``<root>/<method>/b<budget>`` (``full`` has
-one directory, ``<root>/full/all``) and :func:`run_selection` to run every method and budget.
+one directory, ``<root>/full/all``) and :func:`run_selection` to run every method and budget
+(it also writes ``<root>/index.json``, one entry per selection). In a run directory the root is
+``<run_dir>/selection``, which is where :mod:`gdig_core.explain` looks.
+
+Public API: :func:`select`, :func:`select_from_files`, :func:`run_selection`,
+:func:`quality_mask`, :func:`quality_rank`, :func:`kmeans_clusters`, :func:`round_robin`,
+:func:`selection_dir`.
 """
 
 from __future__ import annotations

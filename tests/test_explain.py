@@ -108,3 +108,23 @@ def test_cli(run_dir, capsys):
     assert {d["method"] for d in data["decisions"]} == {"gdig", "quality", "random"}
     assert _cli(["explain", str(run_dir), "missing-id"]) == 2
     assert "gdig: error:" in capsys.readouterr().err
+
+
+def test_outputs_json_locates_stage_dirs(run_dir, tmp_path):
+    """The pipeline keeps scores and data in stage directories and records them in outputs.json."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "selection", run / "selection")
+    shutil.copytree(run_dir / "scores", tmp_path / "stages" / "scores-abc" / "scores")
+    shutil.copytree(run_dir / "data", tmp_path / "stages" / "data-def")
+    outputs = {
+        "scores": str(tmp_path / "stages" / "scores-abc" / "scores"),
+        "data": str(tmp_path / "stages" / "data-def"),
+    }
+    (run / "outputs.json").write_text(json.dumps(outputs))
+    e = explain_candidate(run, "c0010", method="gdig")
+    assert e.pair["src"] == "pool Quelle c0010" and e.helped[0].src == "seed Quelle s00"
+    assert e.decisions[0].selected
+    with pytest.raises(ExplainError, match="no score shards"):
+        explain_candidate(run, "c0010", scores="elsewhere/*.parquet")
