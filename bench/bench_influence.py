@@ -193,11 +193,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--seed-rank", type=int, default=None)
     ap.add_argument("--no-kronfluence", action="store_true")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on CPU: stable on a shared box)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     R = args.repeats
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
     use_bf16 = (args.dtype or ("bf16" if device.type == "cuda" else "fp32")) == "bf16"
     amp = torch.bfloat16 if use_bf16 else None
     shape = TINY if args.tiny else FULL
