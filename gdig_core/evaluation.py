@@ -41,6 +41,26 @@ class EvalSet:
     references: list[str]
 
 
+#: The offline test sets in the data directory, per language pair with English: (dir, file stem).
+_STANDARD_SETS = {"flores": "flores.devtest", "wmt22": "wmt22"}
+_STANDARD_PAIRS = {"de": "de-en", "zh": "zh-en"}
+
+
+def standard_test_sets(src_lang: str, tgt_lang: str) -> list[TestSetSpec]:
+    """FLORES devtest and WMT22 for ``src_lang -> tgt_lang`` from the data directory, for de/zh
+    with English in either direction (X->en uses the files as published; en->X swaps the sides).
+    Put them in ``evaluation.test_sets`` (the default there is de->en)."""
+    other = tgt_lang if src_lang == "en" else src_lang
+    if "en" not in (src_lang, tgt_lang) or other not in _STANDARD_PAIRS:
+        raise ValueError(f"no standard test sets for {src_lang}->{tgt_lang} (have de<->en, zh<->en)")
+    folder = _STANDARD_PAIRS[other]
+    return [
+        TestSetSpec(name=name, path=f"{folder}/{stem}.{src_lang}", tgt_path=f"{folder}/{stem}.{tgt_lang}",
+                    format="parallel", src_lang=src_lang, tgt_lang=tgt_lang)
+        for name, stem in _STANDARD_SETS.items()
+    ]
+
+
 def load_test_set(cfg: GdigConfig, spec: TestSetSpec) -> EvalSet:
     """Read a test set with the data layer (every line kept, no dedup), cut to
     ``evaluation.max_sentences`` (the first N lines) when set."""
@@ -54,10 +74,15 @@ def load_test_set(cfg: GdigConfig, spec: TestSetSpec) -> EvalSet:
     tgt_langs = set(table.column("tgt_lang").to_pylist())
     if len(src_langs) != 1 or len(tgt_langs) != 1:
         raise ValueError(f"test set {spec.name!r} mixes language pairs: {sorted(src_langs)} -> {sorted(tgt_langs)}")
+    src_lang, tgt_lang = src_langs.pop(), tgt_langs.pop()
+    if (src_lang, tgt_lang) != (cfg.data.src_lang, cfg.data.tgt_lang):
+        # Legitimate (e.g. cross-direction checks) but usually a forgotten evaluation.test_sets.
+        log.warning("test set %r is %s->%s but data is %s->%s; see evaluation.standard_test_sets",
+                    spec.name, src_lang, tgt_lang, cfg.data.src_lang, cfg.data.tgt_lang)
     return EvalSet(
         name=spec.name,
-        src_lang=src_langs.pop(),
-        tgt_lang=tgt_langs.pop(),
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
         sources=table.column("src").to_pylist(),
         references=table.column("tgt").to_pylist(),
     )

@@ -15,7 +15,14 @@ import torch
 
 from gdig_core.config import GdigConfig
 from gdig_core.config import TestSetSpec as SetSpec  # (pytest would try to collect "Test*")
-from gdig_core.evaluation import evaluate_files, evaluate_model, load_test_set, read_lines, score_files
+from gdig_core.evaluation import (
+    evaluate_files,
+    evaluate_model,
+    load_test_set,
+    read_lines,
+    score_files,
+    standard_test_sets,
+)
 from gdig_core.generation import EndOfLineCriteria, cut_translation, generate_translations
 from gdig_core.metrics import bleu_tokenizer, check_comet_model, comet_available, comet_score, corpus_metrics
 
@@ -284,6 +291,19 @@ def test_test_sets_load_whole(pair: str, name: str, lines: int) -> None:
     assert len(test.sources) == len(test.references) == lines  # duplicates are kept: every line counts
     assert test.src_lang == src and test.tgt_lang == "en"
     assert test.references[0] == read_lines(DATA_DIR / f"{pair}/{stem}.en")[0]
+
+
+def test_standard_test_sets_both_directions() -> None:
+    cfg = _cfg()
+    zh_en = {s.name: s for s in standard_test_sets("zh", "en")}
+    assert zh_en["wmt22"].path == "zh-en/wmt22.zh" and zh_en["wmt22"].tgt_path == "zh-en/wmt22.en"
+    en_zh = load_test_set(cfg, standard_test_sets("en", "zh")[0])
+    zh = load_test_set(cfg, zh_en["flores"])
+    assert en_zh.sources == zh.references and en_zh.references == zh.sources and en_zh.tgt_lang == "zh"
+    files = [(s.name, s.path, s.tgt_path) for s in standard_test_sets("de", "en")]
+    assert files == [(s.name, s.path, s.tgt_path) for s in GdigConfig().evaluation.test_sets]
+    with pytest.raises(ValueError, match="no standard test sets"):
+        standard_test_sets("de", "zh")
 
 
 def test_evaluate_model_writes_aligned_files(tmp_path: Path, trained_model_dir: Path) -> None:
