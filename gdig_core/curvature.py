@@ -46,14 +46,23 @@ def autocast_dtype(name: str) -> torch.dtype | None:
     return {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _valid_rows(ctx: BatchContext, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Rows (tokens) of usable examples, as [n, in] and [n, out]; plus the number of examples
-    dropped here because their activations or gradients are not finite."""
+def _valid_rows(ctx: BatchContext, a: Tensor, g: Tensor, careful: bool) -> tuple[Tensor, Tensor, int]:
+    """Token rows of usable examples as [n, in] and [n, out], and the number of examples dropped.
+
+    The fast path (``careful`` False) only removes pad positions; the careful one also drops
+    every example with a non-finite value in ``a`` or ``g``.
+    """
+    if not careful and ctx.all_valid:
+        return a.flatten(0, 1), g.flatten(0, 1), 0
     mask = ctx.token_mask
-    finite = torch.isfinite(a).all(-1) & torch.isfinite(g).all(-1)
-    bad = (mask & ~finite).any(dim=1)
-    rows = (mask & ~bad[:, None]).flatten().nonzero().squeeze(1)
-    return a.flatten(0, 1).index_select(0, rows), g.flatten(0, 1).index_select(0, rows), int(bad.sum())
+    n_bad = 0
+    if careful:
+        finite = torch.isfinite(a).all(-1) & torch.isfinite(g).all(-1)
+        bad = (mask & ~finite).any(dim=1)
+        mask = mask & ~bad[:, None]
+        n_bad = int(bad.sum())
+    rows = mask.flatten().nonzero().squeeze(1)
+    return a.flatten(0, 1).index_select(0, rows), g.flatten(0, 1).index_select(0, rows), n_bad
 
 
 def _compute_dtype(cfg: CurvatureConfig) -> torch.dtype:
@@ -92,13 +101,20 @@ def covariance_stats(
         for k in ("A_count", "G_count", "n_bad"):
             stats[f"{name}{SEP}{k}"] = torch.zeros(1, dtype=torch.int64)
 
-    def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
-        a_v, g_v, n_bad = _valid_rows(ctx, a, g)
+    def products(ctx: BatchContext, a: Tensor, g: Tensor, careful: bool) -> tuple[Tensor, Tensor, int, int]:
+        a_v, g_v, n_bad = _valid_rows(ctx, a, g, careful)
         a_v, g_v = a_v.to(dtype), g_v.to(dtype)
-        stats[f"{name}{SEP}A_sum"] += (a_v.T @ a_v).float()
-        stats[f"{name}{SEP}G_sum"] += (g_v.T @ g_v).float()
-        stats[f"{name}{SEP}A_count"] += a_v.shape[0]
-        stats[f"{name}{SEP}G_count"] += g_v.shape[0]
+        return (a_v.T @ a_v).float(), (g_v.T @ g_v).float(), a_v.shape[0], n_bad
+
+    def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
+        a_cov, g_cov, n_rows, n_bad = products(ctx, a, g, careful=False)
+        if not bool(torch.isfinite(a_cov).all() & torch.isfinite(g_cov).all()):
+            # Rare: find the examples with non-finite values and redo the batch without them.
+            a_cov, g_cov, n_rows, n_bad = products(ctx, a, g, careful=True)
+        stats[f"{name}{SEP}A_sum"] += a_cov
+        stats[f"{name}{SEP}G_sum"] += g_cov
+        stats[f"{name}{SEP}A_count"] += n_rows
+        stats[f"{name}{SEP}G_count"] += n_rows
         stats[f"{name}{SEP}n_bad"] += n_bad
 
     seed = cfg.sampling_seed if cfg.fisher == "true" else None
@@ -134,15 +150,22 @@ def lambda_stats(
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
         q_g, q_a = rot[name]
-        mask = ctx.token_mask[..., None]
-        a = torch.where(mask, a, 0).to(dtype)
-        g = torch.where(mask, g, 0).to(dtype)
-        per_example = torch.bmm((g @ q_g).transpose(1, 2), a @ q_a).float()  # [B, out, in]
-        good = ctx.ok & torch.isfinite(per_example).flatten(1).all(1)
-        per_example = per_example[good]
-        stats[f"{name}{SEP}L_sum"] += per_example.square().sum(0)
-        stats[f"{name}{SEP}L_count"] += per_example.shape[0]
-        stats[f"{name}{SEP}L_n_bad"] += int((ctx.ok & ~good).sum())
+        if not ctx.all_valid:
+            mask = ctx.token_mask[..., None]
+            a, g = torch.where(mask, a, 0), torch.where(mask, g, 0)
+        per_example = torch.bmm(
+            (g.to(dtype) @ q_g).transpose(1, 2), a.to(dtype) @ q_a
+        ).float()  # [B, out, in]
+        squares = per_example.square()
+        summed = squares.sum(0)
+        n_good, n_bad = int(ctx.ok.sum()), 0
+        if not bool(torch.isfinite(summed).all()):  # rare: drop the examples with non-finite values
+            good = ctx.ok & torch.isfinite(squares).flatten(1).all(1)
+            summed = squares[good].sum(0)
+            n_good, n_bad = int(good.sum()), int((ctx.ok & ~good).sum())
+        stats[f"{name}{SEP}L_sum"] += summed
+        stats[f"{name}{SEP}L_count"] += n_good
+        stats[f"{name}{SEP}L_n_bad"] += n_bad
 
     seed = cfg.sampling_seed if cfg.fisher == "true" else None
     for ctx in capture_batches(

@@ -202,9 +202,10 @@ class BatchContext:
     """What the layer callbacks of :func:`capture_batches` know about the batch in flight.
 
     ``token_mask`` [B, T] is True at positions that may contribute: real (non-pad) tokens of
-    examples whose loss is usable. ``ok`` [B] is False for an example with a non-finite loss or no
-    target token; ``reasons`` says why. ``loss_sum`` [B] is the summed target-token cross-entropy
-    and ``n_tokens`` [B] the number of target tokens (both detached).
+    examples whose loss is usable. ``all_valid`` says every position is (no padding, no bad
+    example), so callbacks may skip masking. ``ok`` [B] is False for an example with a non-finite
+    loss or no target token; ``reasons`` says why. ``loss_sum`` [B] is the summed target-token
+    cross-entropy and ``n_tokens`` [B] the number of target tokens (both detached).
     """
 
     ids: list[str]
@@ -213,6 +214,7 @@ class BatchContext:
     reasons: list[str | None]
     loss_sum: Tensor
     n_tokens: Tensor
+    all_valid: bool = False
 
 
 #: Callback ``(ctx, name, a [B, T, in], g [B, T, out]) -> None`` used by :func:`capture_batches`.
@@ -275,13 +277,15 @@ def capture_batches(
                     None if finite and n > 0 else ("no_target_tokens" if n == 0 else "nonfinite_loss")
                 )
             attn = batch["attention_mask"].to(loss_sum.device).bool()
+            token_mask = attn & ok[:, None]
             ctx = BatchContext(
                 ids=ids,
-                token_mask=attn & ok[:, None],
+                token_mask=token_mask,
                 ok=ok,
                 reasons=reasons,
                 loss_sum=loss_sum.detach(),
                 n_tokens=n_tok,
+                all_valid=bool(token_mask.all()),
             )
             state["ctx"] = ctx
             per_example = loss_sum if normalisation == "sequence" else loss_sum / n_tok.clamp(min=1)

@@ -110,6 +110,8 @@ class Preconditioned:
 
 def _masked(ctx: BatchContext, a: Tensor, g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     # Zero pad positions and unusable examples in both factors: 0 * NaN would still be NaN.
+    if ctx.all_valid:
+        return a.to(dtype), g.to(dtype)
     mask = ctx.token_mask[..., None]
     return torch.where(mask, a, 0).to(dtype), torch.where(mask, g, 0).to(dtype)
 

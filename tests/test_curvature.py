@@ -233,3 +233,41 @@ def test_factors_round_trip_and_identity(tmp_path):
     ident = fit_factors(model, lambda: _batches(_examples(2), 2), tracked, CurvatureConfig(method="identity"))
     save_factors(ident, tmp_path / "i.safetensors")
     torch.testing.assert_close(load_factors(tmp_path / "i.safetensors").precondition(name, grad), grad)
+
+
+def test_finite_loss_but_nonfinite_activations_take_the_careful_path():
+    """NaN injected into one example's last-position input of the last down_proj leaves its loss
+    finite (that position predicts nothing) but makes a and g non-finite in that layer: the
+    example must be dropped from that layer's statistics (and counted), on the unmasked path."""
+    model = _model()
+    name = "model.layers.1.mlp.down_proj"
+    examples = [(f"u{i}", ex) for i, (_, ex) in enumerate(_examples(12)) if ex["attention_mask"].all()]
+    assert len(examples) == 4  # unpadded: the batch takes the fast path
+
+    def poison(module, inputs):
+        x = inputs[0].clone()
+        if x.shape[0] == 4:
+            x[1, -1] = float("nan")
+        return (x,)
+
+    cfg = CurvatureConfig()
+    tracked = select_tracked_modules(model, cfg)
+    handle = model.get_submodule(name).register_forward_pre_hook(poison)
+    try:
+        got = covariance_stats(model, _batches(examples, 4), tracked, cfg)
+        eigen = eigendecompose(got, cfg)
+        lam = lambda_stats(model, _batches(examples, 4), tracked, eigen, cfg)
+    finally:
+        handle.remove()
+    clean = [examples[0]] + examples[2:]
+    ref = covariance_stats(model, _batches(clean, 3), tracked, cfg)
+    lam_ref = lambda_stats(model, _batches(clean, 3), tracked, eigen, cfg)
+    assert int(got[N_BAD]) == 0  # the loss was fine ...
+    assert int(got[f"{name}::n_bad"]) == 1 and int(lam[f"{name}::L_n_bad"]) == 1  # ... this layer was not
+    for key in (f"{name}::A_sum", f"{name}::G_sum", f"{name}::A_count"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lam[f"{name}::L_sum"], lam_ref[f"{name}::L_sum"], rtol=1e-5, atol=1e-9)
+    assert int(lam[f"{name}::L_count"]) == 3
+    for layer in tracked:  # NaN gradients also reach earlier layers through attention: same rule
+        assert torch.isfinite(got[f"{layer}::A_sum"]).all() and torch.isfinite(lam[f"{layer}::L_sum"]).all()
+        assert int(lam[f"{layer}::L_count"]) + int(lam[f"{layer}::L_n_bad"]) == 4

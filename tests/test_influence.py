@@ -275,3 +275,32 @@ def test_bf16_autocast_scores_track_fp32(tmp_path):
     bf16, *_ = _run(model, cfg, ScoringConfig(autocast="bfloat16"), seeds, cands, tmp_path / "b.parquet")
     corr = np.corrcoef(fp32.benefit.ravel(), bf16.benefit.ravel())[0, 1]
     assert corr > 0.99
+
+
+def test_nonfinite_gradient_with_finite_loss_is_marked(tmp_path):
+    """NaN injected into one candidate's last-position input of the last down_proj: finite loss,
+    non-finite gradient. That row is marked, the others keep their clean scores."""
+    model = _model()
+    seeds, cands = _examples(2, 1, "s"), _examples(4, 2, "c")
+    cfg, sc = CurvatureConfig(method="identity"), ScoringConfig(feature_dim=8)
+    tracked = select_tracked_modules(model, cfg)
+    factors = fit_factors(model, lambda: iter(()), tracked, cfg)
+    precond = precondition_seeds(model, _batches(seeds, 2), factors, cfg, sc)
+    score_shard(model, _batches(cands, 4), precond, factors, sc, tmp_path / "clean.parquet")
+
+    def poison(module, inputs):
+        x = inputs[0].clone()
+        x[2, -1] = float("nan")
+        return (x,)
+
+    handle = model.get_submodule("model.layers.1.mlp.down_proj").register_forward_pre_hook(poison)
+    try:
+        summary = score_shard(model, _batches(cands, 4), precond, factors, sc, tmp_path / "bad.parquet")
+    finally:
+        handle.remove()
+    got, ref = read_scores(tmp_path / "bad.parquet"), read_scores(tmp_path / "clean.parquet")
+    assert summary["reasons"] == {"nonfinite_gradient": 1}
+    assert list(got.ok) == [True, True, False, True] and got.bad_reason[2] == "nonfinite_gradient"
+    assert np.isfinite(got.loss[2])  # the loss itself was fine and is kept
+    keep = got.ok
+    np.testing.assert_allclose(got.benefit[keep], ref.benefit[keep], rtol=1e-5, atol=1e-7)
