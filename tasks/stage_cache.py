@@ -32,7 +32,8 @@ _CODE_HASHES: dict[tuple[str, ...], str] = {}
 def code_version(modules: Iterable[str]) -> str:
     """Hash of the source files a stage runs (``gdig_core/curvature.py`` ...) plus the package version.
 
-    Editing the method recomputes what it produced; editing an unrelated module does not.
+    Editing the method recomputes what it produced; editing an unrelated module, or only the
+    comments and docstrings of a related one, does not.
     """
     names = tuple(sorted(set(modules)))
     if names not in _CODE_HASHES:
@@ -46,9 +47,27 @@ def code_version(modules: Iterable[str]) -> str:
         for name in names:
             path = PROJECT_ROOT / name
             parts.append(name)
-            parts.append(file_sha256(path) if path.exists() else "missing")
+            parts.append(_source_fingerprint(path) if path.exists() else "missing")
         _CODE_HASHES[names] = text_sha256(*parts)
     return _CODE_HASHES[names]
+
+
+def _source_fingerprint(path: Path) -> str:
+    """Hash of a module's syntax tree without docstrings: reformatting or editing comments and
+    docs does not invalidate results, any change to the code does."""
+    import ast
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return text_sha256(text)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return text_sha256(ast.dump(tree, annotate_fields=False))
 
 
 def stage_key(stage: str, inputs: dict[str, str], config_json: str, code: str) -> str:

@@ -104,3 +104,20 @@ def test_rerun_recomputes_only_what_changed(prefect_server, baseline_run, tmp_pa
     again = run_pipeline(prefect_server, run_dir, [f"data.seed.path={seed_file}", "selection.n_clusters=2"])
     assert again.returncode == 0, again.output[-4000:]
     assert "scoring" in _computed(again)
+
+
+def test_code_version_ignores_docs_and_formatting(tmp_path: Path, monkeypatch) -> None:
+    from tasks import stage_cache
+
+    mod = tmp_path / "m.py"
+    monkeypatch.setattr(stage_cache, "PROJECT_ROOT", tmp_path)
+
+    def version(src: str) -> str:
+        mod.write_text(src)
+        stage_cache._CODE_HASHES.clear()
+        return stage_cache.code_version(["m.py"])
+
+    v1 = version('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    v2 = version('"""Other doc."""\n\n\ndef f( x ):  # comment\n    return x+1\n')
+    v3 = version('"""Doc."""\ndef f(x):\n    return x + 2\n')
+    assert v1 == v2 != v3
