@@ -96,7 +96,11 @@ def selection_flow(config: GdigConfig, run_dir: str, data: StageOutput, scores: 
 def finetune_flow(config: GdigConfig, run_dir: str, base: Model, selections: list[StageOutput]) -> list[StageOutput]:
     futures = [finetune_task.submit(config, run_dir, tuple(base), s, seed)
                for s in selections for seed in config.finetune.seeds]
-    return [f.result() for f in futures]
+    results = [f.result() for f in futures]
+    artifacts.table(artifacts.artifact_key("finetune-summary"), [
+        {k: r.summary.get(k) for k in ("method", "budget", "size", "seed")} | {"cached": r.cached} for r in results
+    ], "Downstream finetunes (from the base model) per selection and seed")
+    return results
 
 
 @flow(name="evaluation", persist_result=False)
@@ -109,7 +113,15 @@ def evaluation_flow(config: GdigConfig, run_dir: str, base: Model, models: list[
         label = f"{s['method']}/b{s['budget']}/s{s['seed']}"
         jobs.append(((str(m.path("model")), m.digest("model")), label, dict(s)))
     futures = [evaluate_task.submit(config, run_dir, model, label, meta) for model, label, meta in jobs]
-    return [f.result() for f in futures]
+    results = [f.result() for f in futures]
+    from gdig_core.report import metric_table
+
+    artifacts.table(artifacts.artifact_key("evaluation-summary"), [
+        {"model": label, **{f"{t}/{m}": v for t, ms in metric_table(r.summary.get("metrics", {})).items()
+                            for m, v in ms.items()}, "cached": r.cached}
+        for (_, label, _), r in zip(jobs, results, strict=True)
+    ], "Evaluation per model and test set")
+    return results
 
 
 @flow(name="report", persist_result=False)
