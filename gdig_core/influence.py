@@ -68,14 +68,25 @@ class Preconditioned:
         """``V^l`` as [S, out, in] (expanded from the low-rank form when compressed)."""
         return self.full[name] if self.rank is None else self.left[name] @ self.right[name]
 
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Preconditioned:
+        """Move every tensor (in place) and return self; a no-op when already there.
+
+        :func:`score_shard` calls this so that one loaded object scores many shards without
+        copying the seed gradients to the device again for each shard.
+        """
+        for store in (self.full, self.left, self.right):
+            for name, t in store.items():
+                store[name] = t.to(device=device, dtype=dtype or t.dtype)
+        return self
+
     def save(self, path: str | Path) -> None:
         tensors: dict[str, Tensor] = {}
         for name in self.modules:
             if self.rank is None:
-                tensors[f"{name}::V"] = self.full[name].contiguous()
+                tensors[f"{name}::V"] = self.full[name].contiguous().cpu()
             else:
-                tensors[f"{name}::L"] = self.left[name].contiguous()
-                tensors[f"{name}::R"] = self.right[name].contiguous()
+                tensors[f"{name}::L"] = self.left[name].contiguous().cpu()
+                tensors[f"{name}::R"] = self.right[name].contiguous().cpu()
         meta = {
             "gdig.seed_ids": json.dumps(self.seed_ids),
             "gdig.modules": json.dumps(self.modules),
@@ -211,7 +222,7 @@ class _LayerScorer:
     def __init__(self, precond: Preconditioned, name: str, device: torch.device, dtype: torch.dtype) -> None:
         self.precond, self.name, self.device, self.dtype = precond, name, device, dtype
         self.n_seeds = len(precond.seed_ids)
-        self.v_flat: Tensor | None = None  # [out * in, S]
+        self.v_flat: Tensor | None = None  # [S, out * in] (a view of the stored V when it can be)
         self.lr: tuple[Tensor, Tensor] | None = None  # L [out, S*r], R^T [in, S*r]
 
     def _choose(self, t: int) -> None:
@@ -224,7 +235,7 @@ class _LayerScorer:
                 right = p.right[self.name].permute(2, 0, 1).reshape(in_f, s * r)
                 self.lr = (left.to(self.device, self.dtype), right.to(self.device, self.dtype))
                 return
-        self.v_flat = p.dense(self.name).reshape(s, -1).T.contiguous().to(self.device, self.dtype)
+        self.v_flat = p.dense(self.name).reshape(s, -1).to(self.device, self.dtype)
 
     def __call__(self, a: Tensor, g: Tensor) -> Tensor:
         """a [B, T, in], g [B, T, out] (masked, compute dtype) -> scores [B, S] fp32."""
@@ -234,7 +245,7 @@ class _LayerScorer:
             left, right_t = self.lr
             prod = (g @ left) * (a @ right_t)  # [B, T, S*r]
             return prod.float().sum(1).view(a.shape[0], self.n_seeds, -1).sum(-1)
-        return (per_example_grads(a, g).flatten(1) @ self.v_flat).float()
+        return (per_example_grads(a, g).flatten(1) @ self.v_flat.T).float()  # BLAS takes the transpose
 
 
 def score_shard(
@@ -251,7 +262,8 @@ def score_shard(
     target-token loss, the target-token count and the projected gradient feature
     (``cfg_score.feature_dim``). A candidate with a non-finite loss or gradient, or no target
     token, is written with ``ok=False`` and its reason; it never affects other rows. ``factors``
-    is only checked for consistency (the curvature is already folded into ``precond``).
+    is only checked for consistency (the curvature is already folded into ``precond``, which is
+    moved to the model's device and scoring dtype in place, so later shards reuse it).
     Returns ``{"n", "n_ok", "n_bad", "reasons", "seconds", "path"}``.
     """
     if factors is not None and list(factors.modules) != list(precond.modules):
@@ -265,6 +277,7 @@ def score_shard(
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg_score.autocast)
     dtype = amp or torch.float32
+    precond.to(device, dtype)  # once per object, not per shard
     scorers = {n: _LayerScorer(precond, n, device, dtype) for n in tracked}
     projector = KroneckerProjector(
         {n: layer_shape(m) for n, m in tracked.items()}, cfg_score.feature_dim, cfg_score.feature_seed

@@ -90,9 +90,28 @@ class ScoreBatch:
         return len(self.ids)
 
 
-def _top_k(values: np.ndarray, seed_ids: Sequence[str], k: int, largest: bool) -> tuple[list, list]:
-    order = np.argsort(-values if largest else values, kind="stable")[:k]
-    return [seed_ids[j] for j in order], [float(values[j]) for j in order]
+def _top_k_idx(values: np.ndarray, k: int, largest: bool) -> np.ndarray:
+    """Column indices of the k largest (or smallest) entries of each row, best first: [n, k]."""
+    keyed = -values if largest else values
+    if k < values.shape[1]:
+        part = np.argpartition(keyed, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
+    order = np.argsort(np.take_along_axis(keyed, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _float_list(values: list) -> list:
+    return [v if np.isfinite(v) else None for v in values]
+
+
+def _list_column(mat: np.ndarray, valid: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """Rows of ``mat`` [n, w] as a list<typ> column built from numpy (no per-float Python
+    objects); rows where ``valid`` is False are null."""
+    lengths = np.where(valid, mat.shape[1], 0)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    values = pa.array(np.ascontiguousarray(mat[valid]).reshape(-1), type=typ)
+    return pa.ListArray.from_arrays(offsets, values, mask=pa.array(~valid))
 
 
 def _batch_table(batch: ScoreBatch, schema: pa.Schema, seed_ids: Sequence[str], top_k: int) -> pa.Table:
@@ -104,36 +123,36 @@ def _batch_table(batch: ScoreBatch, schema: pa.Schema, seed_ids: Sequence[str], 
     feats = np.asarray(batch.features, dtype=np.float32).reshape(n, d)
     ok = np.asarray(batch.ok, dtype=bool).reshape(n)
     k = min(top_k, m)
-    cols: dict[str, list] = {c: [] for c in COLUMNS}
-    for i in range(n):
-        good = bool(ok[i])
-        cols["id"].append(str(batch.ids[i]))
-        cols["ok"].append(good)
-        cols["bad_reason"].append(None if good else (batch.bad_reason[i] or "unknown"))
-        loss = float(batch.loss[i])
-        cols["loss"].append(loss if np.isfinite(loss) else None)
-        cols["n_tokens"].append(int(batch.n_tokens[i]))
-        if good and m > 0:
-            row = ben[i]
-            cols["benefit_mean"].append(float(row.mean()))
-            cols["benefit_frac_pos"].append(float((row > 0).mean()))
-            cols["benefit_min"].append(float(row.min()))
-            cols["benefit_max"].append(float(row.max()))
-            ids_h, vals_h = _top_k(row, seed_ids, k, largest=True)
-            ids_x, vals_x = _top_k(row, seed_ids, k, largest=False)
-            cols["top_helped"].append(ids_h)
-            cols["top_helped_values"].append(vals_h)
-            cols["top_harmed"].append(ids_x)
-            cols["top_harmed_values"].append(vals_x)
-            cols["benefit"].append(ben[i].astype(np.float32).tolist() if stored else None)
-            cols["feature"].append(feats[i].tolist())
-        else:
-            for c in ("benefit_mean", "benefit_frac_pos", "benefit_min", "benefit_max"):
-                cols[c].append(None)
-            for c in ("top_helped", "top_helped_values", "top_harmed", "top_harmed_values"):
-                cols[c].append([])
-            cols["benefit"].append(None)
-            cols["feature"].append(feats[i].tolist() if good else None)
+    summarised = ok & (m > 0)
+    safe = np.where(summarised[:, None], ben, 0.0) if m > 0 else np.zeros((n, 1))
+    seeds = np.asarray(seed_ids, dtype=object)
+    helped = _top_k_idx(safe, k, largest=True) if m > 0 else np.zeros((n, 0), dtype=int)
+    harmed = _top_k_idx(safe, k, largest=False) if m > 0 else np.zeros((n, 0), dtype=int)
+
+    def summary(values: np.ndarray) -> list:
+        return [float(v) if s else None for v, s in zip(values, summarised, strict=True)]
+
+    def top(idx: np.ndarray) -> tuple[list, list]:
+        ids = [seeds[row].tolist() if s else [] for row, s in zip(idx, summarised, strict=True)]
+        vals = np.take_along_axis(safe, idx, axis=1)
+        return ids, [v.tolist() if s else [] for v, s in zip(vals, summarised, strict=True)]
+
+    loss = np.asarray(batch.loss, dtype=np.float64).reshape(n)
+    cols: dict[str, list | pa.Array] = {
+        "id": [str(i) for i in batch.ids],
+        "ok": ok.tolist(),
+        "bad_reason": [None if g else (r or "unknown") for g, r in zip(ok, batch.bad_reason, strict=True)],
+        "loss": _float_list(loss.tolist()),
+        "n_tokens": np.asarray(batch.n_tokens).reshape(n).astype(np.int32).tolist(),
+        "benefit_mean": summary(safe.mean(1)),
+        "benefit_frac_pos": summary((safe > 0).mean(1)),
+        "benefit_min": summary(safe.min(1)),
+        "benefit_max": summary(safe.max(1)),
+    }
+    cols["top_helped"], cols["top_helped_values"] = top(helped)
+    cols["top_harmed"], cols["top_harmed_values"] = top(harmed)
+    cols["benefit"] = _list_column(ben.astype(np.float32), ok & stored & (m > 0), pa.float32())
+    cols["feature"] = _list_column(feats, ok, pa.float32())
     return pa.Table.from_pydict(cols, schema=schema)
 
 
@@ -231,12 +250,18 @@ def _float_col(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _matrix_col(table: pa.Table, name: str, width: int) -> np.ndarray:
-    """A list<float32> column as an [N, width] array; null rows become NaN."""
-    values = table.column(name).to_pylist()
-    out = np.full((len(values), width), np.nan, dtype=np.float32)
-    for i, v in enumerate(values):
-        if v is not None:
-            out[i] = v
+    """A list<float32> column as an [N, width] array (vectorised); null rows become NaN."""
+    col = table.column(name)
+    col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    out = np.full((len(col), width), np.nan, dtype=np.float32)
+    if len(col) == 0:
+        return out
+    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    if (lengths[valid] != width).any():
+        raise ValueError(f"column {name!r}: rows of a length other than {width}")
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    out[valid] = values.reshape(-1, width)
     return out
 
 
