@@ -16,6 +16,7 @@ beside it is renamed into place only when everything is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -149,6 +150,17 @@ def _fingerprint(cfg: GdigConfig, train_cfg: TrainConfig, pairs: pa.Table, base:
     )
 
 
+def _finished(out: Path, fingerprint: str) -> bool:
+    """Whether ``out`` is the complete result of the run with this fingerprint."""
+    summary = out / "training_summary.json"
+    if not summary.is_file():
+        return False
+    try:
+        return json.loads(summary.read_text(encoding="utf-8")).get("fingerprint") == fingerprint
+    except (OSError, ValueError):
+        return False
+
+
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then deleted."""
     old = None
@@ -183,8 +195,9 @@ def finetune(
     ``train_cfg.lora`` is set (merged into the weights of the final checkpoint). AdamW with
     warmup then linear/cosine decay, gradient accumulation, gradient clipping, bf16 autocast on
     CUDA (fp32 on CPU), optional gradient checkpointing, fixed seed. Resumes from the latest
-    matching checkpoint in :func:`checkpoint_root`; checkpoints are deleted after success.
-    Returns ``out_dir``.
+    matching checkpoint in :func:`checkpoint_root`; checkpoints are deleted after success. When
+    ``out_dir`` already holds the finished result of the same run (same config, data and base
+    model), it is returned as is; a different run's output there is replaced. Returns ``out_dir``.
     """
     from gdig_core.models import load_model, resolve_device
 
@@ -193,6 +206,10 @@ def finetune(
     if pairs.num_rows == 0:
         raise ValueError("finetune: no training pairs")
     base = str(base_model) if base_model is not None else cfg.model.name
+    fingerprint = _fingerprint(cfg, train_cfg, pairs, base)
+    if _finished(out, fingerprint):
+        log.info("finetune: %s already holds this run's result; not training again", out)
+        return out
     device = resolve_device(cfg.model.device)
     set_seed(train_cfg.seed)
     model, tokenizer = load_model(cfg.model, path=base_model, device=device)
@@ -215,7 +232,6 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg.lr_schedule, warmup, total_steps))
 
     ckpt_root = checkpoint_root(out)
-    fingerprint = _fingerprint(cfg, train_cfg, pairs, base)
     state = TrainProgress()
     resumed_from = None
     existing = list_checkpoints(ckpt_root)

@@ -91,6 +91,11 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: Path, lora:
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
     assert not checkpoint_root(out).exists(), "checkpoints are removed after success"
+    # The same call again finds the finished result and does not train again.
+    stamp = (resumed / "model.safetensors").stat().st_mtime_ns
+    assert finetune(cfg, train, table, out, base_model=tiny_model_dir, progress=False,
+                    on_step=_interrupt_at(1)) == out
+    assert (resumed / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp dirs left behind"
 
     base = _weights(tiny_model_dir)
