@@ -241,6 +241,9 @@ class EvaluationConfig(Section):
     batch_size: int = Field(default=16, gt=0)
     max_new_tokens: int = Field(default=128, gt=0)
     num_beams: int = Field(default=1, gt=0)
+    #: bf16 autocast while generating; None = on when CUDA with bf16 support is used (CPU: fp32).
+    bf16: bool | None = None
+    #: A local COMET checkpoint (file or model dir); None skips COMET, with a note in the results.
     comet_model: str | None = None
     zero_shot: bool = True
 

@@ -181,6 +181,7 @@ def finish_results(
             "batch_size": ev.batch_size,
             "max_new_tokens": ev.max_new_tokens,
             "num_beams": ev.num_beams,
+            "bf16": ev.bf16,
             "decoding": "greedy" if ev.num_beams == 1 else f"beam{ev.num_beams}",
             "prompt_template": cfg.prompt.template,
             "stop": "EOS, or the first newline after the translation starts",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -121,7 +122,8 @@ def generate_translations(
     Batched (longest prompts first, to bound padding), left-padded, deterministic (greedy, or
     beam search when ``num_beams`` > 1). Defaults come from ``cfg.evaluation``. Prompts are built
     exactly as in training (``encoding.prompt_ids``: BOS prepended when ``cfg.model.add_bos``) and
-    cut to ``cfg.prompt.max_length`` tokens from ``cfg.prompt.truncation_side``.
+    cut to ``cfg.prompt.max_length`` tokens from ``cfg.prompt.truncation_side``. On CUDA, bf16
+    autocast per ``cfg.evaluation.bf16`` (default: when supported).
     """
     ev = cfg.evaluation
     batch_size = batch_size or ev.batch_size
@@ -147,6 +149,11 @@ def generate_translations(
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     eos_ids = _eos_ids(model, tokenizer)
+    bf16 = cfg.evaluation.bf16
+    if bf16 is None:
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = bf16 and device.type == "cuda"  # CPU generation runs in the model's dtype
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc="generate", unit="sent", disable=not progress)
@@ -156,20 +163,21 @@ def generate_translations(
             input_ids, mask = left_pad([prompts[i] for i in idx], pad_id)
             input_ids, mask = input_ids.to(device), mask.to(device)
             prompt_len = input_ids.shape[1]
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                eos_token_id=eos_ids or None,
-                pad_token_id=pad_id,
-                stopping_criteria=StoppingCriteriaList([EndOfLineCriteria(tokenizer, prompt_len, device)]),
-                # Greedy/beam settings only: silence sampling defaults from generation_config.
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
+            with autocast():
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    num_beams=num_beams,
+                    do_sample=False,
+                    eos_token_id=eos_ids or None,
+                    pad_token_id=pad_id,
+                    stopping_criteria=StoppingCriteriaList([EndOfLineCriteria(tokenizer, prompt_len, device)]),
+                    # Greedy/beam settings only: silence sampling defaults from generation_config.
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
             texts = tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
             for i, text in zip(idx, texts, strict=True):
                 outputs[i] = cut_translation(text)
