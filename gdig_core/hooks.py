@@ -179,12 +179,21 @@ def example_losses(
     input_ids = batch["input_ids"].to(device)
     attention_mask = batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)
+    # Only positions that predict a target need logits: skip the common prompt prefix (the LM head
+    # and the cross-entropy are a large share of the cost of a small model).
+    has_target = (labels[:, 1:] != -100).any(dim=0)
+    start = int(has_target.float().argmax()) if bool(has_target.any()) else labels.shape[1] - 1
     with torch.autocast(
         device_type=device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
     ):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            logits_to_keep=labels.shape[1] - start,
+        )
+    logits = out.logits[:, :-1].float()  # positions start .. T-2
+    targets = labels[:, start + 1 :]
     if sample_seeds is not None:
         with torch.no_grad():
             targets = _sampled_labels(logits.detach(), targets, sample_seeds)
