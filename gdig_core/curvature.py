@@ -22,7 +22,7 @@ whose loss or activations/gradients are not finite is left out of the sums and c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,7 +214,8 @@ def eigendecompose(cov_stats: dict[str, Tensor], cfg: CurvatureConfig) -> dict[s
     """Eigendecompose the normalised, symmetrised A and G of every layer in ``cfg.eig_dtype``.
 
     Returns ``"{layer}::QA"`` [in, in], ``"::eA"`` [in], ``"::QG"`` [out, out], ``"::eG"`` [out]
-    (fp32, eigenvectors in columns, ascending eigenvalues).
+    (fp32, eigenvectors in columns, ascending eigenvalues). It is a plain tensor dict: ship it to
+    the workers of the Lambda pass with :func:`save_stats` / :func:`load_stats`.
     """
     dtype = torch.float64 if cfg.eig_dtype == "float64" else torch.float32
     eigen: dict[str, Tensor] = {}
@@ -329,7 +330,7 @@ def load_factors(path: str | Path) -> Factors:
 
 def fit_factors(
     model: nn.Module,
-    batches_fn: callable,
+    batches_fn: Callable[[], Batches],
     tracked: dict[str, nn.Linear],
     cfg: CurvatureConfig,
 ) -> Factors:
