@@ -62,11 +62,14 @@ def finetune_task(
         return {**{k: selection.summary.get(k) for k in ("method", "budget", "size")}, "seed": seed}
 
     label = selection_label(selection.summary["method"], selection.summary["budget"]).replace("selection", "finetune")
-    return run_stage(
+    result = run_stage(
         run_dir, "finetune", {"base": base[1], "train_pairs": selection.digest("selected.parquet")},
         config_json(cfg, "prompt", "model", extra={"train": train_cfg.model_dump(mode="json")}),
         _TRAIN_CODE, compute, label=f"{label}/s{seed}",
     )
+    # Two methods that selected the same pairs share one cached model; the caller's labels win.
+    meta = {k: selection.summary.get(k) for k in ("method", "budget", "size")} | {"seed": seed}
+    return result.model_copy(update={"summary": result.summary | meta})
 
 
 def _test_set_hashes(cfg: GdigConfig) -> dict[str, str]:
@@ -90,12 +93,14 @@ def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: 
         return {**meta, "metrics": metrics}
 
     ev = {k: v for k, v in cfg.evaluation.model_dump(mode="json").items() if k != "zero_shot"}
-    return run_stage(
+    result = run_stage(
         run_dir, "evaluation", {"model": model[1], **_test_set_hashes(cfg)},
         config_json(cfg, "prompt", "model", extra={"evaluation": ev, "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}),
         ["gdig_core/evaluation.py", "gdig_core/generation.py", "gdig_core/metrics.py", "gdig_core/models.py"],
         compute, label=f"evaluation/{label}",
     )
+    # Identical models (same selected pairs) share one cached evaluation; keep this model's labels.
+    return result.model_copy(update={"summary": result.summary | meta})
 
 
 def summary_rows(stage_outputs: list[StageOutput], keys: tuple[str, ...]) -> list[dict[str, Any]]:

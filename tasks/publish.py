@@ -51,7 +51,7 @@ def publish_outputs(
         sub = root / "selection" / m / ("all" if m == "full" else f"b{b}")
         sub.parent.mkdir(parents=True, exist_ok=True)
         _mirror(Path(sel.dir), sub)
-        selected[f"{m}/b{b}"] = str(sub / "selected.jsonl")
+        selected[f"{m}/{sub.name}"] = str(sub / "selected.jsonl")
     report_dir = root / "report"
     _mirror(Path(report.dir), report_dir)
     outputs = {

@@ -121,3 +121,37 @@ def test_code_version_ignores_docs_and_formatting(tmp_path: Path, monkeypatch) -
     v2 = version('"""Other doc."""\n\n\ndef f( x ):  # comment\n    return x+1\n')
     v3 = version('"""Doc."""\ndef f(x):\n    return x + 2\n')
     assert v1 == v2 != v3
+
+
+def test_shared_cache_entry_keeps_each_callers_labels(tmp_path: Path, monkeypatch) -> None:
+    """Two methods that selected the same pairs share one finetuned model (same content key);
+    each still gets its own method/budget labels for the report."""
+    import pyarrow as pa
+
+    import gdig_core.training as training
+    from gdig_core.config import GdigConfig
+    from gdig_core.data import write_pairs
+    from tasks.downstream_tasks import finetune_task
+    from tasks.stage_cache import StageOutput
+
+    calls = []
+
+    def fake_finetune(cfg, train_cfg, pairs, out_dir, base_model=None, progress=False):  # noqa: ANN001
+        calls.append(pairs.num_rows)
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "weights.bin").write_bytes(b"w" * pairs.num_rows)
+        return Path(out_dir)
+
+    monkeypatch.setattr(training, "finetune", fake_finetune)
+    pairs = pa.table({"id": ["a", "b"], "src_lang": ["de"] * 2, "tgt_lang": ["en"] * 2, "src": ["x", "y"], "tgt": ["X", "Y"]})
+    sels = []
+    for method in ("gdig", "quality"):
+        d = tmp_path / method
+        write_pairs(pairs, d / "selected.parquet")
+        sels.append(StageOutput(stage="selection", key=method, dir=str(d), files={"selected.parquet": "same-content"},
+                                summary={"method": method, "budget": 2, "size": 2}))
+    cfg = GdigConfig()
+    first = finetune_task.fn(cfg, str(tmp_path / "run"), ("base", "base-hash"), sels[0], 0)
+    second = finetune_task.fn(cfg, str(tmp_path / "run"), ("base", "base-hash"), sels[1], 0)
+    assert calls == [2] and second.cached and second.dir == first.dir
+    assert (first.summary["method"], second.summary["method"]) == ("gdig", "quality")
