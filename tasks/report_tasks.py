@@ -44,6 +44,8 @@ def report_task(
         return {"rows": result["rows"]}
 
     # Content of what is reported, so an identical recomputed selection keeps the report cached.
-    inputs = {"selections": text_sha256(*sorted(s.digest() for s in selections)),
-              "evaluations": text_sha256(*sorted(e.digest() for e in evaluations)), "data": data.digest()}
+    # Labels (method, budget, seed) and metrics are what the report shows: hash them too.
+    inputs = {"selections": text_sha256(*sorted(s.digest() + json.dumps(s.summary, sort_keys=True) for s in selections)),
+              "evaluations": text_sha256(*sorted(e.digest() + json.dumps(e.summary, sort_keys=True) for e in evaluations)),
+              "data": data.digest()}
     return run_stage(run_dir, "report", inputs, json.dumps({"name": cfg.name}), ["gdig_core/report.py"], compute)
