@@ -246,6 +246,13 @@ class Factors:
     inv_lambda: dict[str, Tensor] = field(default_factory=dict)
     damping: dict[str, float] = field(default_factory=dict)
 
+    def to(self, device: torch.device | str) -> Factors:
+        """Move the tensors (in place, a no-op when already there) and return self."""
+        for store in (self.q_a, self.q_g, self.inv_lambda):
+            for name, t in store.items():
+                store[name] = t.to(device)
+        return self
+
     def precondition(self, name: str, grad: Tensor) -> Tensor:
         """``H^-1 grad`` for a stack of layer gradients ``grad`` [S, out, in] (same shape back)."""
         if self.method == "identity":

@@ -157,6 +157,7 @@ def precondition_seeds(
     tracked = select_tracked_modules(model, cfg_curv)
     if list(tracked) != list(factors.modules):
         raise ValueError(f"tracked layers {list(tracked)} differ from the factors' {factors.modules}")
+    factors.to(next(model.parameters()).device)  # once, not per layer and batch
     store = autocast_dtype(cfg_score.autocast) or torch.float32
     rank = cfg_score.seed_rank
     parts: dict[str, list] = {n: [] for n in tracked}
