@@ -176,8 +176,12 @@ def main() -> int:
             browser.click_text("Artifacts")
             browser.wait_text("gdig-report")
             browser.screenshot(args.out)
-            # The report artifact itself: the markdown comparison table.
-            browser.goto(f"{base}/artifacts/key/gdig-report", "method")
+            # The report artifact itself (its latest version): the markdown comparison table.
+            report = api(base + "/api/artifacts/filter", {
+                "artifacts": {"key": {"any_": ["gdig-report"]}, "flow_run_id": {"any_": [run_id]}},
+                "sort": "CREATED_DESC", "limit": 1,
+            })
+            browser.goto(f"{base}/artifacts/artifact/{report[0]['id']}", "zero-shot")
             browser.screenshot(args.artifact_out)
         finally:
             browser.close()
