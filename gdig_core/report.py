@@ -115,7 +115,7 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str | Path) -> bool
     if not metric_cols:
         return False
     fig, axes = plt.subplots(1, len(metric_cols), figsize=(4.2 * len(metric_cols), 3.6), squeeze=False)
-    labels = [f"{r['method']}\nB={r['budget']}" if r["budget"] else str(r["method"]) for r in rows]
+    labels = [f"{r['method']}\nB={r['budget']}" if r["budget"] and r["method"] != "full" else str(r["method"]) for r in rows]
     for ax, col in zip(axes[0], metric_cols, strict=True):
         values = [r.get(col) or 0.0 for r in rows]
         colors = ["#c0392b" if r["method"] == "gdig" else "#7f8c8d" for r in rows]
