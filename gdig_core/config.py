@@ -138,6 +138,8 @@ class TrainConfig(Section):
     seed: int = 0
     #: Checkpoint every N optimizer steps (None: at the end of every epoch), for resuming.
     save_every: int | None = Field(default=None, gt=0)
+    #: Also checkpoint when this many minutes passed since the last one (long epochs); None: off.
+    save_every_minutes: float | None = Field(default=30.0, gt=0)
     #: How many of the latest resume checkpoints to keep while training (deleted after success).
     keep_checkpoints: int = Field(default=1, gt=0)
 

@@ -145,9 +145,9 @@ def _fingerprint(cfg: GdigConfig, train_cfg: TrainConfig, pairs: pa.Table, base:
     """Identity of a training run: a checkpoint from any other run must not be resumed."""
     from gdig_core.data import table_sha256
 
-    return text_sha256(
-        train_cfg.model_dump_json(), cfg.section_json("prompt", "model"), table_sha256(pairs), base
-    )
+    # How often checkpoints are written does not change the result: not part of the identity.
+    train = train_cfg.model_dump_json(exclude={"save_every", "save_every_minutes", "keep_checkpoints"})
+    return text_sha256(train, cfg.section_json("prompt", "model"), table_sha256(pairs), base)
 
 
 def _finished(out: Path, fingerprint: str) -> bool:
@@ -252,7 +252,7 @@ def finetune(
     bar = tqdm(total=total_steps, initial=state.step, desc="finetune", unit="step", disable=not progress)
     session_examples = 0
     session_tokens = 0
-    session_start = time.perf_counter()
+    session_start = last_save = time.perf_counter()
     try:
         while state.step < total_steps:
             groups = _epoch_groups(encoded, train_cfg, state.epoch)
@@ -296,9 +296,13 @@ def finetune(
                 due = (
                     state.step % train_cfg.save_every == 0 if train_cfg.save_every else epoch_end
                 )
+                minutes = train_cfg.save_every_minutes
+                if minutes is not None and time.perf_counter() - last_save >= 60 * minutes:
+                    due = True
                 if due and state.step < total_steps:
                     save_checkpoint(ckpt_root, model, optimizer, scheduler, state, fingerprint,
                                     keep=train_cfg.keep_checkpoints)
+                    last_save = time.perf_counter()
                 if on_step is not None:
                     on_step(state.step, step_loss)
                 if epoch_end:

@@ -210,3 +210,15 @@ def test_cli_finetune(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.Captu
     summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
     assert summary["steps"] == 3 and summary["n_pairs"] == 6
     assert "examples/s" in capsys.readouterr().out
+
+
+def test_checkpoint_frequency_is_not_part_of_the_run_identity(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = _cfg(max_length=96)
+    table = pa.Table.from_pylist(_pool_rows(8, max_chars=150))
+    train = TrainConfig(max_steps=4, learning_rate=1e-3, batch_size=4, save_every=1)
+    out = tmp_path / "m"
+    with pytest.raises(Interrupt):
+        finetune(cfg, train, table, out, base_model=tiny_model_dir, progress=False, on_step=_interrupt_at(2))
+    other = train.model_copy(update={"save_every": 3, "keep_checkpoints": 2, "save_every_minutes": None})
+    finetune(cfg, other, table, out, base_model=tiny_model_dir, progress=False)
+    assert json.loads((out / "training_summary.json").read_text())["resumed_from_step"] == 2
