@@ -3,7 +3,8 @@
 One row per candidate. Columns:
 
 - ``id`` (string), ``ok`` (bool), ``bad_reason`` (string, null when ok)
-- ``loss`` (float64), ``n_tokens`` (int32)
+- ``loss`` (float64): mean cross-entropy per target token, whatever the scoring loss
+  normalisation (null when not finite); ``n_tokens`` (int32): target tokens of the candidate
 - ``benefit_mean``, ``benefit_frac_pos``, ``benefit_min``, ``benefit_max`` (float64) over the M seeds
 - ``top_helped`` / ``top_harmed`` (list<string>, seed ids) with ``top_helped_values`` /
   ``top_harmed_values`` (list<float64>): the k seeds with the largest / smallest benefit
