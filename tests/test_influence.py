@@ -304,3 +304,38 @@ def test_nonfinite_gradient_with_finite_loss_is_marked(tmp_path):
     assert np.isfinite(got.loss[2])  # the loss itself was fine and is kept
     keep = got.ok
     np.testing.assert_allclose(got.benefit[keep], ref.benefit[keep], rtol=1e-5, atol=1e-7)
+
+
+def test_benchmark_script_runs_tiny(tmp_path):
+    """The benchmark must keep working: the smallest --tiny run, kronfluence included."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_influence.py"
+    spec = importlib.util.spec_from_file_location("bench_influence", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        res = bench.main(
+            [
+                "--tiny",
+                "--batch-size",
+                "2",
+                "--batches",
+                "1",
+                "--repeats",
+                "1",
+                "--seeds",
+                "2",
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "b.json").read_text()) == res
+    for key in ("train_step", "scoring", "factor_fit", "kronfluence_pairwise"):
+        assert res[f"{key}_ex_per_s"] > 0
+    assert res["tracked_layers"] == 12
