@@ -97,8 +97,13 @@ def write_lines(path: str | Path, lines: Sequence[str]) -> None:
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file without their newline characters."""
-    return Path(path).read_text(encoding="utf-8").splitlines()
+    """Lines of a UTF-8 text file without their line ends (``\\n`` or ``\\r\\n``; other Unicode
+    separators such as U+2028 stay inside a line, as in the data readers)."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def score_test_set(test: EvalSet, hyps: Sequence[str], out_dir: str | Path) -> dict[str, Any]:

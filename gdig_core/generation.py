@@ -11,6 +11,7 @@ newline, and stripped. The prompt is never part of it.
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -76,8 +77,8 @@ class EndOfLineCriteria(StoppingCriteria):
 
 def cut_translation(text: str) -> str:
     """The translation inside a generated continuation: skip leading whitespace, stop at the
-    first newline, strip."""
-    return text.lstrip().split("\n", 1)[0].strip()
+    first newline (``\\n`` or ``\\r``, so outputs stay one per line in any reader), strip."""
+    return re.split(r"[\r\n]", text.lstrip(), maxsplit=1)[0].strip()
 
 
 def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -170,6 +170,8 @@ def test_cut_translation() -> None:
     assert cut_translation("\n\n  Hello  \n") == "Hello"
     assert cut_translation("no newline at all ") == "no newline at all"
     assert cut_translation("") == ""
+    assert cut_translation("Carriage\rreturn") == "Carriage"
+    assert cut_translation("keeps\u2028unicode separators") == "keeps\u2028unicode separators"
 
 
 def test_end_of_line_criteria(tiny_model_dir: Path) -> None:
