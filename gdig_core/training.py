@@ -267,6 +267,12 @@ def finetune(
                         loss = target_loss_sum(model, batch) / max(n_target, 1)
                     loss.backward()
                     step_loss += float(loss.detach())
+                if not math.isfinite(step_loss):
+                    # Continuing would silently write a broken model; the last checkpoint is intact.
+                    raise FloatingPointError(
+                        f"finetune: loss is {step_loss} at step {state.step + 1} (learning rate too high, "
+                        "or fp16/bf16 overflow); lower train.learning_rate or disable train.bf16"
+                    )
                 if train_cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in model.parameters() if p.requires_grad], train_cfg.max_grad_norm

@@ -126,10 +126,12 @@ def test_final_checkpoint_loads_with_transformers(tmp_path: Path, tiny_model_dir
     assert type(model).__name__ == "LlamaForCausalLM" and tok.eos_token_id is not None
 
 
-def test_gradient_checkpointing_same_result(tmp_path: Path, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_gradient_checkpointing_same_result(tmp_path: Path, tiny_model_dir: Path, lora: bool) -> None:
     cfg = _cfg(max_length=96)
     table = pa.Table.from_pylist(_pool_rows(8, max_chars=150))
-    train = TrainConfig(max_steps=3, learning_rate=1e-3, batch_size=4)
+    train = TrainConfig(max_steps=3, learning_rate=1e-3, batch_size=4,
+                        lora=LoraConfig(r=2, alpha=4, dropout=0.0) if lora else None)
     plain = finetune(cfg, train, table, tmp_path / "plain", base_model=tiny_model_dir, progress=False)
     gc_cfg = train.model_copy(update={"gradient_checkpointing": True})
     ckpt = finetune(cfg, gc_cfg, table, tmp_path / "gc", base_model=tiny_model_dir, progress=False)
@@ -222,3 +224,12 @@ def test_checkpoint_frequency_is_not_part_of_the_run_identity(tmp_path: Path, ti
     other = train.model_copy(update={"save_every": 3, "keep_checkpoints": 2, "save_every_minutes": None})
     finetune(cfg, other, table, out, base_model=tiny_model_dir, progress=False)
     assert json.loads((out / "training_summary.json").read_text())["resumed_from_step"] == 2
+
+
+def test_diverging_loss_stops_with_a_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = _cfg(max_length=96)
+    table = pa.Table.from_pylist(_pool_rows(4, max_chars=150))
+    train = TrainConfig(max_steps=3, learning_rate=1e30, batch_size=4, max_grad_norm=None, warmup_ratio=0.0)
+    with pytest.raises(FloatingPointError, match="learning_rate"):
+        finetune(cfg, train, table, tmp_path / "m", base_model=tiny_model_dir, progress=False)
+    assert not (tmp_path / "m").exists()
