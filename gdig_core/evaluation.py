@@ -41,7 +41,7 @@ class EvalSet:
     references: list[str]
 
 
-#: The offline test sets in the data directory, per language pair with English: (dir, file stem).
+#: Offline test sets in the data directory: name -> file stem; language -> folder (paired with English).
 _STANDARD_SETS = {"flores": "flores.devtest", "wmt22": "wmt22"}
 _STANDARD_PAIRS = {"de": "de-en", "zh": "zh-en"}
 
