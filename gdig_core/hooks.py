@@ -183,16 +183,17 @@ def example_losses(
     # and the cross-entropy are a large share of the cost of a small model).
     has_target = (labels[:, 1:] != -100).any(dim=0)
     start = int(has_target.float().argmax()) if bool(has_target.any()) else labels.shape[1] - 1
+    keep = labels.shape[1] - start
     with torch.autocast(
         device_type=device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
     ):
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            logits_to_keep=labels.shape[1] - start,
-        )
-    logits = out.logits[:, :-1].float()  # positions start .. T-2
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        try:
+            logits = model(**kwargs, logits_to_keep=keep).logits
+        except TypeError:  # a model class without ``logits_to_keep``: all positions, then cut
+            logits = model(**kwargs).logits
+        logits = logits[:, -keep:]
+    logits = logits[:, :-1].float()  # positions start .. T-2
     targets = labels[:, start + 1 :]
     if sample_seeds is not None:
         with torch.no_grad():
