@@ -82,6 +82,22 @@ def _count_examples(stats: dict[str, Tensor], ctx: BatchContext) -> None:
     _add(stats, N_BAD, torch.tensor([int((~ctx.ok).sum())], dtype=torch.int64))
 
 
+class _LastInputCache:
+    """Reuse a result computed from a layer input for the next layer fed the very same tensor in the
+    same batch: gate_proj and up_proj read one normalised hidden state, and their gradients arrive
+    one after the other in backward. One entry only, so memory stays bounded."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: Tensor | None = None
+
+    def get(self, ctx: BatchContext, a: Tensor, tag: object, compute: Callable[[], Tensor]) -> Tensor:
+        key = (id(ctx), a.data_ptr(), tuple(a.shape), a.dtype, tag)
+        if key != self.key:
+            self.key, self.value = key, compute()
+        return self.value
+
+
 def covariance_stats(
     model: nn.Module, batches: Batches, tracked: dict[str, nn.Linear], cfg: CurvatureConfig
 ) -> dict[str, Tensor]:
@@ -101,10 +117,16 @@ def covariance_stats(
         for k in ("A_count", "G_count", "n_bad"):
             stats[f"{name}{SEP}{k}"] = torch.zeros(1, dtype=torch.int64)
 
+    cache = _LastInputCache()
+
     def products(ctx: BatchContext, a: Tensor, g: Tensor, careful: bool) -> tuple[Tensor, Tensor, int, int]:
         a_v, g_v, n_bad = _valid_rows(ctx, a, g, careful)
         a_v, g_v = a_v.to(dtype), g_v.to(dtype)
-        return (a_v.T @ a_v).float(), (g_v.T @ g_v).float(), a_v.shape[0], n_bad
+        if careful:  # rows depend on this layer's g too: nothing to share
+            a_cov = (a_v.T @ a_v).float()
+        else:
+            a_cov = cache.get(ctx, a, "A", lambda: (a_v.T @ a_v).float())
+        return a_cov, (g_v.T @ g_v).float(), a_v.shape[0], n_bad
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
         a_cov, g_cov, n_rows, n_bad = products(ctx, a, g, careful=False)
@@ -140,22 +162,30 @@ def lambda_stats(
     stats: dict[str, Tensor] = {}
     dtype = _compute_dtype(cfg)
     rot: dict[str, tuple[Tensor, Tensor]] = {}
+    qa_key: dict[str, str] = {}  # layers with an identical Q_A (same input) share its rotation
     for name, module in tracked.items():
         out_f, in_f = layer_shape(module)
         dev = module.weight.device
         rot[name] = (eigen[f"{name}{SEP}QG"].to(dev, dtype), eigen[f"{name}{SEP}QA"].to(dev, dtype))
+        qa = eigen[f"{name}{SEP}QA"]
+        qa_key[name] = next((k for k in qa_key.values() if torch.equal(eigen[f"{k}{SEP}QA"], qa)), name)
         stats[f"{name}{SEP}L_sum"] = torch.zeros(out_f, in_f, device=dev)
         stats[f"{name}{SEP}L_count"] = torch.zeros(1, dtype=torch.int64)
         stats[f"{name}{SEP}L_n_bad"] = torch.zeros(1, dtype=torch.int64)
 
+    cache = _LastInputCache()
+
+    def rotated_input(ctx: BatchContext, a: Tensor, q_a: Tensor) -> Tensor:
+        if not ctx.all_valid:
+            a = torch.where(ctx.token_mask[..., None], a, 0)
+        return a.to(dtype) @ q_a
+
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
         q_g, q_a = rot[name]
         if not ctx.all_valid:
-            mask = ctx.token_mask[..., None]
-            a, g = torch.where(mask, a, 0), torch.where(mask, g, 0)
-        per_example = torch.bmm(
-            (g.to(dtype) @ q_g).transpose(1, 2), a.to(dtype) @ q_a
-        ).float()  # [B, out, in]
+            g = torch.where(ctx.token_mask[..., None], g, 0)
+        a_rot = cache.get(ctx, a, qa_key[name], lambda: rotated_input(ctx, a, q_a))
+        per_example = torch.bmm((g.to(dtype) @ q_g).transpose(1, 2), a_rot).float()  # [B, out, in]
         squares = per_example.square()
         summed = squares.sum(0)
         n_good, n_bad = int(ctx.ok.sum()), 0
