@@ -160,6 +160,36 @@ def test_comet_mistyped_path_fails_fast(tmp_path: Path) -> None:
         evaluate_model(cfg, tmp_path / "no-model-needed", tmp_path / "out")
 
 
+def test_comet_plumbing_with_a_stand_in_package(tmp_path: Path, trained_model_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With unbabel-comet importable (here a stand-in module), COMET scores reach metrics.json,
+    results and sentences.jsonl, and the model is loaded from ``<dir>/checkpoints/model.ckpt``."""
+    import types
+
+    loaded: list[str] = []
+
+    class Scorer:
+        def predict(self, data, batch_size, gpus, progress_bar):  # noqa: ANN001
+            scores = [0.5 + 0.01 * i for i in range(len(data))]
+            return types.SimpleNamespace(system_score=sum(scores) / len(scores), scores=scores)
+
+    def load_from_checkpoint(path: str) -> Scorer:
+        loaded.append(path)
+        return Scorer()
+
+    monkeypatch.setitem(sys.modules, "comet", types.SimpleNamespace(load_from_checkpoint=load_from_checkpoint))
+    ckpt = tmp_path / "wmt22-comet-da"
+    ckpt.mkdir()
+    cfg = _cfg(max_sentences=3, max_new_tokens=4, comet_model=str(ckpt))
+    results = evaluate_model(cfg, trained_model_dir, tmp_path / "eval")
+    assert loaded == [str(ckpt / "checkpoints" / "model.ckpt")]  # one load for both test sets
+    for name, m in results["test_sets"].items():
+        assert m["comet"] == pytest.approx(0.51) and m["comet_model"] == str(ckpt)
+        assert not any("COMET" in n for n in m["notes"])
+        sentences = [json.loads(line) for line in read_lines(tmp_path / "eval" / name / "sentences.jsonl")]
+        assert [s["comet"] for s in sentences] == pytest.approx([0.5, 0.51, 0.52])
+
+
 # ------------------------------------------------------------------------------------------
 # Generation
 # ------------------------------------------------------------------------------------------
