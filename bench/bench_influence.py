@@ -23,6 +23,7 @@ import gc
 import json
 import logging
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -92,10 +93,7 @@ def sync(device: torch.device) -> None:
 
 
 def timed(device: torch.device, fn: Callable[[], object], repeats: int = 1) -> tuple[float, float | None]:
-    """Best-of-``repeats`` seconds and peak GPU memory (GiB) of ``fn()``.
-
-    The minimum is the least disturbed by other load on a shared machine.
-    """
+    """Best-of-``repeats`` seconds and peak GPU memory (GiB) of ``fn()``."""
     best = float("inf")
     peak = None
     for _ in range(repeats):
@@ -189,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batches", type=int, default=4, help="timed batches per phase (after one warm-up)")
-    ap.add_argument("--repeats", type=int, default=3, help="time each phase this often, keep the best")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians are reported)")
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--seed-rank", type=int, default=None)
     ap.add_argument("--no-kronfluence", action="store_true")
@@ -234,12 +232,12 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": R,
     }
 
-    best: dict[str, float] = {}
     peaks: dict[str, float] = {}
+    rounds: list[dict[str, float]] = []  # seconds per phase, one dict per interleaved round
 
     def measure(key: str, fn: Callable[[], object]) -> None:
         seconds, peak = timed(device, fn)
-        best[key] = min(best.get(key, float("inf")), seconds)
+        rounds[-1][key] = seconds
         if peak is not None:
             peaks[key] = max(peaks.get(key, 0.0), peak)
 
@@ -255,13 +253,15 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "scores.parquet"
         score_shard(model, warm, stats["pre"], factors, score_cfg, out)
-        # Phases interleaved round by round, best round kept: drifting load on a shared machine
-        # then biases no phase against another.
+        # Phases interleaved round by round and compared within a round (median over rounds):
+        # drifting load on a shared machine then biases no phase against another.
         for _ in range(R):
+            rounds.append({})
             measure("train_step", lambda: train_steps(model, cands, device, amp))
             measure("factor_covariance", lambda: covariance_stats(model, cands, tracked, curv))
             measure("factor_lambda", lambda: lambda_stats(model, cands, tracked, eigen, curv))
             measure("scoring", lambda: score_shard(model, cands, stats["pre"], factors, score_cfg, out))
+            rounds[-1]["factor_fit"] = rounds[-1]["factor_covariance"] + rounds[-1]["factor_lambda"]
         del stats["pre"]  # kronfluence holds its own preconditioned seeds: free ours first
         if not args.no_kronfluence:
             kf_model = copy.deepcopy(model)
@@ -270,18 +270,20 @@ def main(argv: list[str] | None = None) -> dict:
             )
             run()  # warm-up
             for _ in range(R):
+                rounds.append({})
                 measure("train_step", lambda: train_steps(model, cands, device, amp))
                 measure("kronfluence_pairwise", run)
             del kf_model, run
-    best["factor_fit"] = best["factor_covariance"] + best["factor_lambda"]
-    for key, seconds in best.items():
-        res[f"{key}_ex_per_s"] = round(n / seconds, 3)
+    keys = dict.fromkeys(k for r in rounds for k in r)
+    for key in keys:
+        seconds = [r[key] for r in rounds if key in r]
+        res[f"{key}_ex_per_s"] = round(n / statistics.median(seconds), 3)
         if key in peaks:
             res[f"{key}_peak_gib"] = round(peaks[key], 2)
-    base = res["train_step_ex_per_s"]
-    for key in ("scoring", "factor_fit", "factor_covariance", "factor_lambda", "kronfluence_pairwise"):
-        if f"{key}_ex_per_s" in res:
-            res[f"{key}_vs_train"] = round(res[f"{key}_ex_per_s"] / base, 3)
+        if key != "train_step":
+            ratios = sorted(r["train_step"] / r[key] for r in rounds if key in r)
+            res[f"{key}_vs_train"] = round(statistics.median(ratios), 3)
+            res[f"{key}_vs_train_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
     if device.type != "cuda":
         import resource
 
