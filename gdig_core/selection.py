@@ -760,7 +760,9 @@ def _summary(
             "quality_set": score_stats(scores.benefit_mean[q.order]),
             "eligible": score_stats(scores.benefit_mean[q.eligible]),
         },
-        "config": cfg.model_dump(mode="json"),
+        # Without the lists of budgets and methods: they do not change this selection, and
+        # leaving them out keeps the file identical when only another budget is added.
+        "config": cfg.model_dump(mode="json", exclude={"budgets", "methods"}),
     }
 
 

@@ -328,3 +328,20 @@ def test_select_from_files_and_rewrite(known, tmp_path):
             2,
             out,
         )
+
+
+def test_outputs_independent_of_other_budgets(known, tmp_path):
+    scores, pool = known
+    a = select(scores, pool, SelectionConfig(budgets=[2]), "gdig", 2, tmp_path / "a", plots=False)
+    b = select(
+        scores,
+        pool,
+        SelectionConfig(budgets=[2, 50], methods=["gdig"]),
+        "gdig",
+        2,
+        tmp_path / "b",
+        plots=False,
+    )
+    assert a.ids == b.ids
+    for name in ("summary.json", "selected.jsonl", "selected.parquet", "candidates.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
