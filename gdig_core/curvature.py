@@ -88,13 +88,15 @@ class _LastInputCache:
     one after the other in backward. One entry only, so memory stays bounded."""
 
     def __init__(self) -> None:
+        self.ctx: BatchContext | None = None
         self.key: tuple | None = None
         self.value: Tensor | None = None
 
     def get(self, ctx: BatchContext, a: Tensor, tag: object, compute: Callable[[], Tensor]) -> Tensor:
-        key = (id(ctx), a.data_ptr(), tuple(a.shape), a.dtype, tag)
-        if key != self.key:
-            self.key, self.value = key, compute()
+        # Live tensors of one batch share a data pointer only when they view the same memory.
+        key = (a.data_ptr(), tuple(a.shape), a.stride(), a.dtype, tag)
+        if ctx is not self.ctx or key != self.key:
+            self.ctx, self.key, self.value = ctx, key, compute()
         return self.value
 
 
