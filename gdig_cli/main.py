@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 # Each module registers its subcommands with add_parser(subparsers) and sets ``func`` on them.
@@ -23,8 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:  # TODO(lead): remove once every module has landed
-            continue
         importlib.import_module(name).add_parser(subparsers)
     return parser
 
