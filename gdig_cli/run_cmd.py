@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
     from tasks.env import configure_local_prefect
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.orchestration.shard_mode == "deployment" and not os.environ.get("PREFECT_API_URL"):
+        # An ephemeral server has no workers: shard runs would wait forever.
+        print("gdig: shard_mode 'deployment' needs a Prefect server with workers: set PREFECT_API_URL "
+              "(see deployments/README.md)", file=sys.stderr)
+        return 2
     run_dir = Path(cfg.orchestration.run_dir).resolve()
     cfg.orchestration.run_dir = str(run_dir)
     configure_local_prefect(run_dir)  # before Prefect is imported
