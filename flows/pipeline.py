@@ -43,14 +43,15 @@ def _serial() -> ThreadPoolTaskRunner:
 
 @flow(name="data", persist_result=False)
 def data_flow(config: GdigConfig, run_dir: str) -> StageOutput:
-    return prepare_data_task(config, run_dir)
+    # submit().result() unwraps the "Cached" state a task reports on a cache hit.
+    return prepare_data_task.submit(config, run_dir).result()
 
 
 @flow(name="models", persist_result=False)
 def model_flow(config: GdigConfig, run_dir: str, data: StageOutput) -> tuple[Model, Model]:
     """The base model (built when tiny) and the reference model finetuned from it on the pool."""
-    base = base_model_task(config, run_dir, data)
-    return base, reference_task(config, run_dir, data, base)
+    base = base_model_task.submit(config, run_dir, data).result()
+    return base, reference_task.submit(config, run_dir, data, base).result()
 
 
 @flow(name="curvature", persist_result=False)
@@ -62,7 +63,7 @@ def curvature_flow(config: GdigConfig, run_dir: str, data: StageOutput, referenc
 def precondition_flow(
     config: GdigConfig, run_dir: str, data: StageOutput, reference: Model, factors: StageOutput
 ) -> StageOutput:
-    return precondition_task(config, run_dir, data, tuple(reference), factors)
+    return precondition_task.submit(config, run_dir, data, tuple(reference), factors).result()
 
 
 @flow(name="scoring", persist_result=False)
@@ -128,7 +129,7 @@ def evaluation_flow(config: GdigConfig, run_dir: str, base: Model, models: list[
 def report_flow(
     config: GdigConfig, run_dir: str, data: StageOutput, selections: list[StageOutput], evaluations: list[StageOutput]
 ) -> StageOutput:
-    return report_task(config, run_dir, data, selections, evaluations)
+    return report_task.submit(config, run_dir, data, selections, evaluations).result()
 
 
 @flow(name="gdig-pipeline", persist_result=False, log_prints=True)

@@ -59,6 +59,18 @@ def raw_file_hashes(paths: dict[str, Path | None]) -> dict[str, str]:
     return out
 
 
+def stage_state(value: Any, cached: bool, what: str) -> Any:
+    """Finish a task run whose outputs came from the cache in a state named ``Cached`` (the UI
+    shows it), carrying the same value. Callers must use ``task.submit(...).result()``, which
+    unwraps it; outside a task run (``task.fn(...)`` in unit tests) the value comes back as is."""
+    from prefect.context import TaskRunContext
+    from prefect.states import Completed
+
+    if not cached or TaskRunContext.get() is None:
+        return value
+    return Completed(data=value, name="Cached", message=f"{what}: verified outputs reused")
+
+
 @contextlib.contextmanager
 def gpu_slot(cfg: GdigConfig) -> Iterator[None]:
     """Hold one slot of the global GPU concurrency limit (a no-op outside a Prefect run)."""

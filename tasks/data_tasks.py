@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from gdig_core.config import GdigConfig, resolve_data_path
 from tasks import artifacts
-from tasks.common import config_json, gpu_slot, model_fingerprint, raw_file_hashes
+from tasks.common import config_json, gpu_slot, model_fingerprint, raw_file_hashes, stage_state
 from tasks.faults import retry_condition
 from tasks.stage_cache import StageOutput, run_stage
 
@@ -52,7 +52,7 @@ def prepare_data_task(cfg: GdigConfig, run_dir: str) -> StageOutput:
         ],
         "Data preparation: rows read, kept, removed",
     )
-    return result
+    return stage_state(result, result.cached, "data")
 
 
 def pool_hash(data: StageOutput) -> str:
@@ -83,7 +83,7 @@ def base_model_task(cfg: GdigConfig, run_dir: str, data: StageOutput) -> tuple[s
 
     result = run_stage(run_dir, "base-model", {"pool": pool_hash(data)}, config_json(cfg, "model"),
                        ["gdig_core/models.py"], compute)
-    return str(result.path("model")), result.digest("model")
+    return stage_state((str(result.path("model")), result.digest("model")), result.cached, "base model")
 
 
 def sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray:
@@ -115,4 +115,4 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
         config_json(cfg, "reference", "prompt", "model"),
         ["gdig_core/training.py", "gdig_core/checkpointing.py", "gdig_core/encoding.py", "gdig_core/models.py"], compute,
     )
-    return str(result.path("model")), result.digest("model")
+    return stage_state((str(result.path("model")), result.digest("model")), result.cached, "reference model")

@@ -11,7 +11,7 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts
-from tasks.common import config_json, gpu_slot, raw_file_hashes
+from tasks.common import config_json, gpu_slot, raw_file_hashes, stage_state
 from tasks.data_tasks import TASK_OPTS, pool_hash
 from tasks.stage_cache import StageOutput, run_stage
 
@@ -37,11 +37,12 @@ def select_task(cfg: GdigConfig, run_dir: str, data: StageOutput, scores: StageO
 
     # Which methods and budgets are listed does not change what one (method, budget) selects.
     sel = {k: v for k, v in cfg.selection.model_dump(mode="json").items() if k not in ("budgets", "methods")}
-    return run_stage(
+    result = run_stage(
         run_dir, "selection", {"scores": scores.digest("scores"), "pool": pool_hash(data)},
         json.dumps({"selection": sel, "method": method, "budget": budget}, sort_keys=True),
         ["gdig_core/selection.py", "gdig_core/scores.py"], compute, label=selection_label(method, budget),
     )
+    return stage_state(result, result.cached, selection_label(method, budget))
 
 
 @task(name="finetune", **TASK_OPTS)
@@ -69,7 +70,7 @@ def finetune_task(
     )
     # Two methods that selected the same pairs share one cached model; the caller's labels win.
     meta = {k: selection.summary.get(k) for k in ("method", "budget", "size")} | {"seed": seed}
-    return result.model_copy(update={"summary": result.summary | meta})
+    return stage_state(result.model_copy(update={"summary": result.summary | meta}), result.cached, f"{label}/s{seed}")
 
 
 def _test_set_hashes(cfg: GdigConfig) -> dict[str, str]:
@@ -100,7 +101,7 @@ def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: 
         compute, label=f"evaluation/{label}",
     )
     # Identical models (same selected pairs) share one cached evaluation; keep this model's labels.
-    return result.model_copy(update={"summary": result.summary | meta})
+    return stage_state(result.model_copy(update={"summary": result.summary | meta}), result.cached, f"evaluation/{label}")
 
 
 def summary_rows(stage_outputs: list[StageOutput], keys: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts, storage
-from tasks.common import config_json, gpu_slot
+from tasks.common import config_json, gpu_slot, stage_state
 from tasks.data_tasks import TASK_OPTS, pool_hash, sample_rows, seed_hash
 from tasks.shard_map import map_shards
 from tasks.shards import ShardJob, ShardKind, plan, shard_output
@@ -134,13 +134,14 @@ def precondition_task(
             return precondition_call(cfg, reference[0], data.path("seed.parquet"), factors.path("factors.safetensors"),
                                  out / "precond.safetensors")
 
-    return run_stage(
+    result = run_stage(
         run_dir, "precondition",
         {"seed": seed_hash(data), "reference": reference[1], "factors": factors.digest("factors.safetensors")},
         config_json(cfg, "prompt", "model", extra={"seed_rank": cfg.scoring.seed_rank, "curvature": cfg.curvature.model_dump(mode="json"),
                                                    "loss_normalisation": cfg.scoring.loss_normalisation}),
         _SCORE_CODE, compute,
     )
+    return stage_state(result, result.cached, "precondition")
 
 
 def scoring_stage(

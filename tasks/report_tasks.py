@@ -12,6 +12,7 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from gdig_core.io import text_sha256
+from tasks.common import stage_state
 from tasks.data_tasks import TASK_OPTS
 from tasks.stage_cache import StageOutput, run_stage
 
@@ -48,4 +49,5 @@ def report_task(
     inputs = {"selections": text_sha256(*sorted(s.digest() + json.dumps(s.summary, sort_keys=True) for s in selections)),
               "evaluations": text_sha256(*sorted(e.digest() + json.dumps(e.summary, sort_keys=True) for e in evaluations)),
               "data": data.digest()}
-    return run_stage(run_dir, "report", inputs, json.dumps({"name": cfg.name}), ["gdig_core/report.py"], compute)
+    result = run_stage(run_dir, "report", inputs, json.dumps({"name": cfg.name}), ["gdig_core/report.py"], compute)
+    return stage_state(result, result.cached, "report")
