@@ -14,13 +14,14 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test lint clean
 
+# kronfluence (the test suite's independent EK-FAC reference) comes with --no-deps: its metadata
+# pins torchvision, which it never imports, and a mismatched torchvision breaks transformers.
+# Its real needs are in the [dev] extra.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e '.[dev]'
-	# kronfluence's metadata pins torchvision, which it never imports; a mismatched torchvision
-	# breaks transformers, so it comes without its declared deps (its real needs are in [dev]).
 	$(PY) -m pip install -q --no-deps kronfluence==1.0.1
 	touch $@
 
