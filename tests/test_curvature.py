@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from micro_models import micro_lm
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from gdig_core.config import CurvatureConfig
 from gdig_core.curvature import (
@@ -28,17 +28,7 @@ POISON = 39  # token id whose embedding row is set to NaN in the bad-numerics te
 
 
 def _model() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=12,
-        intermediate_size=20,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=16,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return micro_lm(vocab=VOCAB, hidden=12, intermediate=20, max_positions=16)
 
 
 def _examples(n: int, seed: int = 0) -> list[tuple[str, dict[str, torch.Tensor]]]:

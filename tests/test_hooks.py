@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from micro_models import micro_lm
 from torch import nn
-from transformers import (
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
 
 from gdig_core.config import CurvatureConfig
 from gdig_core.hooks import (
@@ -27,21 +20,7 @@ VOCAB, T = 50, 9
 
 
 def _model(arch: str, layers: int = 2) -> nn.Module:
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    if arch == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common)).eval()
-    if arch == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
-    return Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=8, sliding_window=4)).eval()
+    return micro_lm(arch, vocab=VOCAB, hidden=16, intermediate=24, layers=layers)
 
 
 def _batch(n: int, seed: int = 0, prompt: int = 3) -> dict[str, torch.Tensor]:

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from micro_models import micro_lm
 from torch import nn
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from gdig_core.config import CurvatureConfig, ScoringConfig
 from gdig_core.curvature import fit_factors
@@ -21,19 +21,7 @@ POISON = 39
 
 
 def _model(arch: str = "llama") -> nn.Module:
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=12,
-        intermediate_size=20,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=16,
-    )
-    if arch == "gemma3":
-        return Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=6, sliding_window=4)).eval()
-    return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    return micro_lm(arch, vocab=VOCAB, hidden=12, intermediate=20, max_positions=16)
 
 
 def _examples(n: int, seed: int, prefix: str) -> list[tuple[str, dict[str, torch.Tensor]]]:

@@ -39,7 +39,7 @@ kronfluence = _import_kronfluence()
 from kronfluence.analyzer import Analyzer  # noqa: E402
 from kronfluence.arguments import FactorArguments, ScoreArguments  # noqa: E402
 from kronfluence.task import Task  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from micro_models import micro_lm  # noqa: E402
 
 from gdig_core.config import CurvatureConfig, ScoringConfig  # noqa: E402
 from gdig_core.curvature import fit_factors  # noqa: E402
@@ -51,17 +51,7 @@ VOCAB, T = 64, 10
 
 
 def _model() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return micro_lm(vocab=VOCAB, hidden=16, intermediate=24)
 
 
 def _examples(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
