@@ -12,7 +12,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from gdig_core.io import atomic_write_json
+from gdig_core.io import atomic_write_json, staging_dir
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -71,7 +70,7 @@ def save_checkpoint(
     """Write ``ckpt_root/checkpoint-<step>`` atomically and prune to the ``keep`` latest."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{progress.step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
+    tmp = staging_dir(final)
     try:
         params = _trainable(model)
         save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))

@@ -14,6 +14,16 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
+def _default_file_mode() -> int:
+    # mkstemp creates 0600 files; results on shared storage must get the usual umask-based mode.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
@@ -27,10 +37,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def staging_dir(final: str | Path) -> Path:
+    """A new hidden directory beside ``final`` to build a result in, then ``os.replace`` into place.
+
+    mkdtemp makes it 0700; it gets the umask-based mode so the published result is readable.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~(0o666 ^ _FILE_MODE))
+    return tmp
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

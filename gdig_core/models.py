@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gdig_core.config import ModelConfig, TinyModelConfig
-from gdig_core.io import atomic_write_json
+from gdig_core.io import atomic_write_json, staging_dir
 
 GEMMA_ALIAS = "gemma-3-270m"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -101,7 +100,7 @@ def build_tiny_model(cfg: TinyModelConfig, texts: list[str], out_dir: str | Path
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_tiny_config(cfg, tokenizer))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = staging_dir(final)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / "gdig_model.json", {"kind": "tiny", "config": cfg.model_dump(), "seed": seed})
@@ -133,7 +132,7 @@ def gemma_checkpoint(cache_dir: str | Path | None = None) -> Path:
     if missing or unexpected:
         raise RuntimeError(f"Gemma conversion: missing {missing[:5]}, unexpected {unexpected[:5]}")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = staging_dir(final)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / "gdig_model.json", {"kind": "gemma-3-270m", "source": gemma_pkg.MODEL_NAME})

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -42,7 +41,7 @@ from gdig_core.checkpointing import (
 )
 from gdig_core.config import GdigConfig, TrainConfig
 from gdig_core.encoding import IGNORE_INDEX, EncodedPair, collate, encode_pairs, length_batches
-from gdig_core.io import atomic_write_json, text_sha256
+from gdig_core.io import atomic_write_json, staging_dir, text_sha256
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +356,7 @@ def finetune(
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -255,3 +255,15 @@ def test_data_check_cli(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFi
     assert "expected 2 tab-separated columns" in capsys.readouterr().out
     assert main(["data", "check", "--strict", str(bad)]) == 2
     assert f"{bad}, line 2" in capsys.readouterr().err
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path, data_dir: Path) -> None:
+    import os
+
+    cfg = _cfg(data_dir, pool=DatasetSpec(path="de-en/pool.wmt17-20.jsonl", sample=20),
+               seed=DatasetSpec(path="de-en/flores.dev.tsv", sample=4))
+    prepare_data(cfg, tmp_path)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("pool.parquet", "seed.parquet", "quarantine.jsonl", "data_summary.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

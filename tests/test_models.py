@@ -58,3 +58,11 @@ def test_gemma_alias_loads_tokenises_german_and_computes_a_loss() -> None:
         loss = model(**collate([enc], tok.pad_token_id)).loss.item()
     # A real pretrained model knows this sentence; a random 262k-vocab model would be near ln(262144) = 12.5.
     assert 0.0 < loss < 4.0
+
+
+def test_checkpoint_dirs_get_the_umask_mode(tmp_path: Path) -> None:
+    path = build_tiny_model(TinyModelConfig(vocab_size=300), TEXTS, tmp_path / "m")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (path / "config.json").stat().st_mode & 0o777 == 0o666 & ~mask
