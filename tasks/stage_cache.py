@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -27,6 +28,11 @@ from tasks.records import record
 MANIFEST = "_manifest.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _CODE_HASHES: dict[tuple[str, ...], str] = {}
+# ast.parse is not thread-safe in CPython 3.11/3.12 (gh-106905: "AST constructor recursion depth
+# mismatch", seen when selection tasks of a thread pool hashed code at once): files are parsed one
+# at a time, and the method's modules once at import, in the importing thread.
+_CODE_LOCK = threading.Lock()
+_FILE_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
 
 
 def code_version(modules: Iterable[str]) -> str:
@@ -47,7 +53,7 @@ def code_version(modules: Iterable[str]) -> str:
         for name in names:
             path = PROJECT_ROOT / name
             parts.append(name)
-            parts.append(_source_fingerprint(path) if path.exists() else "missing")
+            parts.append(_cached_fingerprint(path) if path.exists() else "missing")
         _CODE_HASHES[names] = text_sha256(*parts)
     return _CODE_HASHES[names]
 
@@ -68,6 +74,19 @@ def _source_fingerprint(path: Path) -> str:
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
     return text_sha256(ast.dump(tree, annotate_fields=False))
+
+
+def _cached_fingerprint(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    with _CODE_LOCK:
+        if key not in _FILE_FINGERPRINTS:
+            _FILE_FINGERPRINTS[key] = _source_fingerprint(path)
+        return _FILE_FINGERPRINTS[key]
+
+
+for _module in sorted((PROJECT_ROOT / "gdig_core").glob("*.py")):
+    _cached_fingerprint(_module)
 
 
 def stage_key(stage: str, inputs: dict[str, str], config_json: str, code: str) -> str:

@@ -155,3 +155,22 @@ def test_shared_cache_entry_keeps_each_callers_labels(tmp_path: Path, monkeypatc
     second = finetune_task.fn(cfg, str(tmp_path / "run"), ("base", "base-hash"), sels[1], 0)
     assert calls == [2] and second.cached and second.dir == first.dir
     assert (first.summary["method"], second.summary["method"]) == ("gdig", "quality")
+
+
+def test_code_version_is_safe_from_a_thread_pool(monkeypatch) -> None:
+    """Selection tasks hash code from pool threads at once; CPython 3.11's ast.parse is not
+    thread-safe (it failed a real pipeline run with 'AST constructor recursion depth mismatch')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks import stage_cache
+
+    sets = [("gdig_core/selection.py",), ("gdig_core/influence.py", "gdig_core/curvature.py"),
+            ("gdig_core/training.py", "gdig_core/evaluation.py", "gdig_core/generation.py")] * 8
+    expected = {}
+    for names in sets:
+        monkeypatch.setattr(stage_cache, "_CODE_HASHES", {})
+        expected[names] = stage_cache.code_version(names)
+    monkeypatch.setattr(stage_cache, "_CODE_HASHES", {})
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(stage_cache.code_version, sets))
+    assert got == [expected[names] for names in sets]
