@@ -141,12 +141,7 @@ def covariance_stats(
         stats[f"{name}{SEP}G_count"] += n_rows
         stats[f"{name}{SEP}n_bad"] += n_bad
 
-    seed = cfg.sampling_seed if cfg.fisher == "true" else None
-    for ctx in capture_batches(
-        model, tracked, batches, on_layer, sampling_seed=seed, autocast_dtype=autocast_dtype(cfg.autocast)
-    ):
-        _count_examples(stats, ctx)
-    return {k: v.cpu() for k, v in stats.items()}
+    return _accumulate(model, tracked, batches, on_layer, cfg, stats)
 
 
 def lambda_stats(
@@ -199,6 +194,18 @@ def lambda_stats(
         stats[f"{name}{SEP}L_count"] += n_good
         stats[f"{name}{SEP}L_n_bad"] += n_bad
 
+    return _accumulate(model, tracked, batches, on_layer, cfg, stats)
+
+
+def _accumulate(
+    model: nn.Module,
+    tracked: dict[str, nn.Linear],
+    batches: Batches,
+    on_layer: Callable[[BatchContext, str, Tensor, Tensor], None],
+    cfg: CurvatureConfig,
+    stats: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """Run the capture pass that feeds ``on_layer``, count examples, return the sums on the CPU."""
     seed = cfg.sampling_seed if cfg.fisher == "true" else None
     for ctx in capture_batches(
         model, tracked, batches, on_layer, sampling_seed=seed, autocast_dtype=autocast_dtype(cfg.autocast)

@@ -442,6 +442,14 @@ def _shortfall(budget: int, available: int, policy: str, message: str) -> dict[s
     return {"requested": budget, "available": available, "policy": policy, "message": message}
 
 
+def _all_eligible_shortfall(budget: int, n_eligible: int) -> dict[str, Any]:
+    """A baseline's budget beyond the whole eligible pool: it takes them all, and says so."""
+    return _shortfall(
+        budget, n_eligible, "take_all",
+        f"budget {budget} exceeds the {n_eligible} eligible candidates; selected all of them",
+    )
+
+
 def _top_up(
     scores: ScoreTable, q: QualityResult, cfg: SelectionConfig, budget: int, plan: _Plan, tie: np.ndarray
 ) -> None:
@@ -585,12 +593,7 @@ def _plan_clustered(
     if method == "gdig":
         _top_up(scores, q, cfg, budget, plan, tie)
     elif budget > len(members):
-        plan.shortfall = _shortfall(
-            budget,
-            len(members),
-            "take_all",
-            f"budget {budget} exceeds the {len(members)} eligible candidates; selected all of them",
-        )
+        plan.shortfall = _all_eligible_shortfall(budget, len(members))
     return plan
 
 
@@ -607,12 +610,7 @@ def _plan_random(q: QualityResult, cfg: SelectionConfig, budget: int, tie: np.nd
     plan = _Plan(picked.astype(np.int64), reasons, _status_base(q, False))
     plan.status[picked] = SELECTED
     if budget > len(elig):
-        plan.shortfall = _shortfall(
-            budget,
-            len(elig),
-            "take_all",
-            f"budget {budget} exceeds the {len(elig)} eligible candidates; selected all of them",
-        )
+        plan.shortfall = _all_eligible_shortfall(budget, len(elig))
     return plan
 
 
