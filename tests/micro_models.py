@@ -41,3 +41,10 @@ def micro_lm(
     if arch == "gemma3":
         return Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=hidden // 2, sliding_window=4)).eval()
     raise ValueError(f"unknown architecture {arch!r}")
+
+
+def stack_batches(examples: list[tuple[str, dict[str, torch.Tensor]]], batch_size: int):
+    """``(ids, batch)`` pairs from single examples of equal length, in order."""
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s : s + batch_size]
+        yield [c[0] for c in chunk], {k: torch.stack([c[1][k] for c in chunk]) for k in chunk[0][1]}

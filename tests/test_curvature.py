@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from micro_models import micro_lm
+from micro_models import stack_batches as _batches
 from torch import nn
 
 from gdig_core.config import CurvatureConfig
@@ -43,12 +44,6 @@ def _examples(n: int, seed: int = 0) -> list[tuple[str, dict[str, torch.Tensor]]
         labels[:2] = -100
         out.append((f"e{seed}-{i}", {"input_ids": ids, "attention_mask": mask, "labels": labels}))
     return out
-
-
-def _batches(examples, batch_size):
-    for s in range(0, len(examples), batch_size):
-        chunk = examples[s : s + batch_size]
-        yield [c[0] for c in chunk], {k: torch.stack([c[1][k] for c in chunk]) for k in chunk[0][1]}
 
 
 def _reference_stats(model, examples, name):

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from micro_models import micro_lm
+from micro_models import stack_batches as _batches
 from torch import nn
 
 from gdig_core.config import CurvatureConfig, ScoringConfig
@@ -37,12 +38,6 @@ def _examples(n: int, seed: int, prefix: str) -> list[tuple[str, dict[str, torch
         labels[:prompt] = -100
         out.append((f"{prefix}{i}", {"input_ids": ids, "attention_mask": mask, "labels": labels}))
     return out
-
-
-def _batches(examples, batch_size):
-    for s in range(0, len(examples), batch_size):
-        chunk = examples[s : s + batch_size]
-        yield [c[0] for c in chunk], {k: torch.stack([c[1][k] for c in chunk]) for k in chunk[0][1]}
 
 
 def _flat_grad(model, example, modules, normalisation) -> torch.Tensor:

@@ -141,13 +141,19 @@ def test_gradient_checkpointing_same_result(tmp_path: Path, tiny_model_dir: Path
     assert json.loads((ckpt / "config.json").read_text()).get("use_cache", True) is True
 
 
-def test_stale_checkpoints_of_another_run_are_not_resumed(tmp_path: Path, tiny_model_dir: Path) -> None:
+def _interrupted_run(tmp_path: Path, tiny_model_dir: Path):
+    """A 4-step run checkpointing every step, interrupted after step 2: (cfg, table, train, out)."""
     cfg = _cfg(max_length=96)
     table = pa.Table.from_pylist(_pool_rows(8, max_chars=150))
     train = TrainConfig(max_steps=4, learning_rate=1e-3, batch_size=4, save_every=1)
     out = tmp_path / "m"
     with pytest.raises(Interrupt):
         finetune(cfg, train, table, out, base_model=tiny_model_dir, progress=False, on_step=_interrupt_at(2))
+    return cfg, table, train, out
+
+
+def test_stale_checkpoints_of_another_run_are_not_resumed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg, table, train, out = _interrupted_run(tmp_path, tiny_model_dir)
     other = train.model_copy(update={"learning_rate": 2e-3})
     finetune(cfg, other, table, out, base_model=tiny_model_dir, progress=False)
     assert json.loads((out / "training_summary.json").read_text())["resumed_from_step"] is None
@@ -215,12 +221,7 @@ def test_cli_finetune(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.Captu
 
 
 def test_checkpoint_frequency_is_not_part_of_the_run_identity(tmp_path: Path, tiny_model_dir: Path) -> None:
-    cfg = _cfg(max_length=96)
-    table = pa.Table.from_pylist(_pool_rows(8, max_chars=150))
-    train = TrainConfig(max_steps=4, learning_rate=1e-3, batch_size=4, save_every=1)
-    out = tmp_path / "m"
-    with pytest.raises(Interrupt):
-        finetune(cfg, train, table, out, base_model=tiny_model_dir, progress=False, on_step=_interrupt_at(2))
+    cfg, table, train, out = _interrupted_run(tmp_path, tiny_model_dir)
     other = train.model_copy(update={"save_every": 3, "keep_checkpoints": 2, "save_every_minutes": None})
     finetune(cfg, other, table, out, base_model=tiny_model_dir, progress=False)
     assert json.loads((out / "training_summary.json").read_text())["resumed_from_step"] == 2
