@@ -1,14 +1,17 @@
 """Resume checkpoints for finetuning: trainable weights, AdamW state, LR schedule, RNG states and
 the data-order position, in safetensors + JSON (no pickle).
 
-A checkpoint is a directory ``checkpoint-00000120`` written atomically (temp dir, then rename),
-so the latest complete one is always safe to resume from. Restoring all of it makes a resumed run
-end with the same weights as an uninterrupted one.
+A checkpoint is a directory ``checkpoint-00000120`` written atomically (temp dir, then rename)
+with a ``manifest.json`` of its files' sizes and content digests, written last. Resuming takes
+the newest checkpoint whose files still hash to their manifest; a corrupted or truncated one is
+reported by file name, removed, and the one before it is used (two are kept by default).
+Restoring all of it makes a resumed run end with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -20,9 +23,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from gdig_core.integrity import digest_files, first_mismatch, reading
 from gdig_core.io import atomic_write_json, staging_dir
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_PREFIX = "checkpoint-"
+MANIFEST = "manifest.json"
+_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json")
 
 
 @dataclass
@@ -65,9 +73,10 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     progress: TrainProgress,
     fingerprint: str,
-    keep: int = 1,
+    keep: int = 2,
 ) -> Path:
-    """Write ``ckpt_root/checkpoint-<step>`` atomically and prune to the ``keep`` latest."""
+    """Write ``ckpt_root/checkpoint-<step>`` atomically and prune to the ``keep`` latest (keep two
+    or more so that a checkpoint corrupted on disk still leaves one to resume from)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{progress.step:08d}"
     tmp = staging_dir(final)
@@ -108,6 +117,7 @@ def save_checkpoint(
                 },
             },
         )
+        atomic_write_json(tmp / MANIFEST, {"files": digest_files(tmp, _FILES)})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -120,18 +130,53 @@ def save_checkpoint(
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoints under ``ckpt_root``, oldest first."""
+    """Checkpoint directories under ``ckpt_root`` (complete or not: see ``checkpoint_problem``),
+    oldest first."""
     if not ckpt_root.is_dir():
         return []
-    found = [
-        p for p in ckpt_root.iterdir()
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").exists()
-    ]
+    found = [p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
     return sorted(found, key=lambda p: p.name)
 
 
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (naming the file), or None when every file hashes to
+    its manifest."""
+    manifest_path = ckpt / MANIFEST
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return f"{manifest_path}: missing (an incomplete checkpoint, or one written by an older gdig)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{manifest_path}: unreadable ({type(err).__name__}: {err})"
+    if set(files) != set(_FILES):
+        return f"{manifest_path}: lists {sorted(files)}, expected {sorted(_FILES)}"
+    return first_mismatch(ckpt, files)
+
+
+def resume_checkpoint(ckpt_root: Path, fingerprint: str) -> Path | None:
+    """The newest intact checkpoint of the run with this fingerprint, or None.
+
+    Corrupt checkpoints are logged by file and removed; the one before is tried next. When the
+    newest intact one belongs to another run (config, data or model changed), all are removed.
+    """
+    for ckpt in reversed(list_checkpoints(ckpt_root)):
+        problem = checkpoint_problem(ckpt)
+        if problem is not None:
+            log.warning("checkpoint %s is corrupt and is discarded (%s); trying the previous one", ckpt.name, problem)
+            shutil.rmtree(ckpt, ignore_errors=True)
+            continue
+        if read_fingerprint(ckpt) != fingerprint:
+            log.warning("discarding checkpoints in %s: they belong to a different run (config/data/model)", ckpt_root)
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+            return None
+        return ckpt
+    return None
+
+
 def read_fingerprint(ckpt: Path) -> str:
-    return json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))["fingerprint"]
+    path = ckpt / "trainer_state.json"
+    with reading(path, "checkpoint state"):
+        return json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
 
 
 def load_checkpoint(
@@ -145,9 +190,10 @@ def load_checkpoint(
     Call it last, right before the training loop, so nothing consumes random numbers between the
     restore and the first resumed step.
     """
-    meta = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    with reading(ckpt / "trainer_state.json", "checkpoint state"):
+        meta = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
     params = _trainable(model)
-    saved = load_file(str(ckpt / "trainable.safetensors"))
+    saved = _load_tensors(ckpt / "trainable.safetensors")
     if set(saved) != set(params):
         missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
         raise RuntimeError(f"checkpoint {ckpt} does not match the model (missing {missing[:3]}, extra {extra[:3]})")
@@ -155,7 +201,7 @@ def load_checkpoint(
         for name, p in params.items():
             p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
 
-    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    tensors = _load_tensors(ckpt / "optimizer.safetensors")
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
@@ -172,7 +218,7 @@ def load_checkpoint(
     sched = {k: v for k, v in meta["scheduler"].items() if k != "lr_lambdas"}
     scheduler.load_state_dict({**scheduler.state_dict(), **sched})
 
-    rng = load_file(str(ckpt / "rng.safetensors"))
+    rng = _load_tensors(ckpt / "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
         cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
@@ -183,3 +229,9 @@ def load_checkpoint(
     kind, pos, has_gauss, cached = meta["rng"]["numpy"]
     np.random.set_state((kind, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
     return TrainProgress(**meta["progress"])
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with reading(path, "checkpoint file"):
+        return load_file(str(path))
+

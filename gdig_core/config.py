@@ -140,8 +140,9 @@ class TrainConfig(Section):
     save_every: int | None = Field(default=None, gt=0)
     #: Also checkpoint when this many minutes passed since the last one (long epochs); None: off.
     save_every_minutes: float | None = Field(default=30.0, gt=0)
-    #: How many of the latest resume checkpoints to keep while training (deleted after success).
-    keep_checkpoints: int = Field(default=1, gt=0)
+    #: How many of the latest resume checkpoints to keep while training (deleted after success);
+    #: with two, a checkpoint corrupted on disk still leaves the one before it to resume from.
+    keep_checkpoints: int = Field(default=2, gt=0)
 
 
 class ReferenceConfig(Section):

@@ -52,7 +52,8 @@ def staging_dir(final: str | Path) -> Path:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    # The ``.tmp`` suffix marks it as a leftover to sweep should the process be killed.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~(0o666 ^ _FILE_MODE))
     return tmp
 

@@ -32,13 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gdig_core.checkpointing import (
-    TrainProgress,
-    list_checkpoints,
-    load_checkpoint,
-    read_fingerprint,
-    save_checkpoint,
-)
+from gdig_core.checkpointing import TrainProgress, load_checkpoint, resume_checkpoint, save_checkpoint
 from gdig_core.config import GdigConfig, TrainConfig
 from gdig_core.encoding import IGNORE_INDEX, EncodedPair, collate, encode_pairs, length_batches
 from gdig_core.io import atomic_write_json, staging_dir, text_sha256
@@ -164,7 +158,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then deleted."""
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        old = final.parent / f".{final.name}.old-{os.getpid()}.tmp"
         os.replace(final, old)
     os.replace(tmp, final)
     if old is not None:
@@ -233,15 +227,11 @@ def finetune(
     ckpt_root = checkpoint_root(out)
     state = TrainProgress()
     resumed_from = None
-    existing = list_checkpoints(ckpt_root)
-    if existing and read_fingerprint(existing[-1]) != fingerprint:
-        log.warning("discarding checkpoints in %s: they belong to a different run (config/data/model)", ckpt_root)
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-        existing = []
-    if existing:
-        state = load_checkpoint(existing[-1], model, optimizer, scheduler)
+    ckpt = resume_checkpoint(ckpt_root, fingerprint)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
         resumed_from = state.step
-        log.info("resuming from %s (step %d of %d)", existing[-1], state.step, total_steps)
+        log.info("resuming from %s (step %d of %d)", ckpt, state.step, total_steps)
 
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(

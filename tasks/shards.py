@@ -1,6 +1,7 @@
 """Shard planning and verification: which rows a shard covers, where its output goes, and whether
 an existing output is complete. Outputs get a sidecar ``<file>.done.json`` written after the file
-itself, so "sidecar present and sizes agree" means the shard finished."""
+itself with the file's size and content digest: "sidecar present and the file's bytes hash to
+its digest" means the shard finished and nothing changed it since (a same-size bit flip too)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from gdig_core.io import atomic_write_json, file_sha256
+from gdig_core.integrity import file_digest, stream_digest
+from gdig_core.io import atomic_write_json
 from tasks import storage
+from tasks.records import record
 
 ShardKind = Literal["curvature_stats", "lambda_stats", "scores"]
 SUFFIX = {"curvature_stats": ".safetensors", "lambda_stats": ".safetensors", "scores": ".parquet"}
@@ -50,7 +53,7 @@ def sidecar(location: str) -> str:
 
 def mark_done(local_file: Path, location: str, summary: dict[str, Any]) -> None:
     """Write the sidecar after the output is in place (its size and hash, and the summary)."""
-    meta = {"size": local_file.stat().st_size, "sha256": file_sha256(local_file), "summary": summary}
+    meta = {"size": local_file.stat().st_size, "digest": file_digest(local_file), "summary": summary}
     if storage.is_url(location):
         tmp = local_file.with_name(local_file.name + ".done.json")
         atomic_write_json(tmp, meta)
@@ -59,19 +62,56 @@ def mark_done(local_file: Path, location: str, summary: dict[str, Any]) -> None:
         atomic_write_json(sidecar(location), meta)
 
 
-def read_done(location: str) -> dict[str, Any] | None:
-    """The sidecar of a verified shard output, or None (missing, truncated, or mismatched)."""
+def _read_json(location: str) -> Any:
+    if storage.is_url(location):
+        import fsspec
+
+        with fsspec.open(location, "r") as fh:
+            return json.load(fh)
+    return json.loads(storage.local(location).read_text(encoding="utf-8"))
+
+
+def _digest(location: str) -> str:
+    if storage.is_url(location):
+        import fsspec
+
+        with fsspec.open(location, "rb") as fh:
+            return stream_digest(fh)
+    return file_digest(storage.local(location))
+
+
+def shard_problem(location: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(sidecar, None)`` for a finished, intact shard output; ``(None, why)`` otherwise
+    (``why`` is None when the shard simply has not finished: no sidecar yet)."""
     side = sidecar(location)
     try:
-        if storage.is_url(side):
-            import fsspec
+        meta = _read_json(side)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as err:
+        return None, f"{side}: unreadable sidecar ({err})"
+    if not isinstance(meta, dict) or not {"size", "digest"} <= set(meta):
+        return None, f"{side}: no size and content digest recorded (written by an older gdig?)"
+    try:
+        if not storage.exists(location):
+            return None, f"{location}: missing, though its sidecar says it finished"
+        size = storage.size(location)
+        if size != meta["size"]:
+            return None, f"{location}: {size} bytes, its sidecar records {meta['size']}"
+        if _digest(location) != meta["digest"]:
+            return None, f"{location}: content differs from the digest in its sidecar (corrupted in place)"
+    except OSError as err:
+        return None, f"{location}: cannot be read ({err})"
+    return meta, None
 
-            with fsspec.open(side, "r") as fh:
-                meta = json.load(fh)
-        else:
-            meta = json.loads(storage.local(side).read_text(encoding="utf-8"))
-        if not storage.exists(location) or storage.size(location) != meta["size"]:
-            return None
-    except (OSError, ValueError, KeyError):
-        return None
+
+def read_done(location: str) -> dict[str, Any] | None:
+    """The sidecar of a verified shard output, or None (not finished, missing, truncated or
+    corrupted). A corrupt shard is logged and recorded by name, so it is clear why it reruns."""
+    meta, problem = shard_problem(location)
+    if problem is not None:
+        from tasks import artifacts
+
+        artifacts.logger().warning("shard output will be recomputed: %s", problem)
+        record("shard_corrupt", "shards", location=location, reason=problem)
     return meta

@@ -1,11 +1,12 @@
 """Content-addressed stage outputs with a verified manifest: the cache across flow runs.
 
 A stage's key hashes the content of its real inputs (data hashes, checkpoint hashes), the config
-sections it reads (``GdigConfig.section_json``) and the source of the code it runs. Its outputs go
-to ``<run_dir>/cas/<stage>/<key>/`` together with ``_manifest.json`` listing every file with its
-size and sha256. A hit is accepted only if the manifest verifies, so a deleted or truncated file
-means "recompute", never a crash or a stale result. The directory is built under a temporary
-name and renamed into place, so a killed run never leaves a half-written stage behind.
+fields it reads and the source of the code it runs (both derived in ``tasks.stage_keys``). Its
+outputs go to ``<run_dir>/cas/<stage>/<key>/`` together with ``_manifest.json`` listing every
+file with its size and content digest. A hit is accepted only if every file's bytes hash to the
+recorded digest, so a deleted, truncated or corrupted-in-place file means "recompute", never a
+crash or a stale result. The directory is built under a temporary name and renamed into place,
+so a killed run never leaves a half-written stage behind (and the next run sweeps its leftovers).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gdig_core.io import atomic_write_json, file_sha256, text_sha256
+from gdig_core.integrity import digest_files, first_mismatch
+from gdig_core.io import atomic_write_json, text_sha256
 from tasks.records import record
 
 MANIFEST = "_manifest.json"
@@ -104,7 +106,11 @@ class StageOutput(BaseModel):
     stage: str
     key: str
     dir: str
-    files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+    files: dict[str, str] = Field(default_factory=dict)  # relative path -> content digest
+    #: Outputs whose bytes are not a function of the inputs (timings, absolute paths): they are
+    #: verified like the others but left out of ``digest``, so an identical recompute keeps
+    #: every downstream key.
+    volatile: list[str] = Field(default_factory=list)
     summary: dict[str, Any] = Field(default_factory=dict)
     cached: bool = False
 
@@ -112,18 +118,26 @@ class StageOutput(BaseModel):
         return Path(self.dir) / name
 
     def digest(self, *names: str) -> str:
-        """Hash of the named output files (all of them when none are named)."""
+        """Hash of the named output files (all of them when none are named), volatile ones left out."""
         chosen = names or tuple(sorted(self.files))
         missing = [n for n in chosen if n not in self.files and not any(f.startswith(n + "/") for f in self.files)]
         if missing:
             raise KeyError(f"stage {self.stage} has no output {missing[0]!r}")
         parts: list[str] = []
+        stable = {k: v for k, v in self.files.items() if not is_volatile(k, self.volatile)}
         for n in chosen:
             if n in self.files:
-                parts += [n, self.files[n]]
+                parts += [n, stable.get(n, "volatile")]
             else:  # a directory: every file under it
-                parts += [f"{k}={v}" for k, v in sorted(self.files.items()) if k.startswith(n + "/")]
+                parts += [f"{k}={v}" for k, v in sorted(stable.items()) if k.startswith(n + "/")]
         return text_sha256(*parts)
+
+
+def is_volatile(rel: str, patterns: Iterable[str]) -> bool:
+    """Whether an output path matches one of the volatile patterns (fnmatch, on the relative path)."""
+    from fnmatch import fnmatch
+
+    return any(fnmatch(rel, p) for p in patterns)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -141,58 +155,69 @@ def stage_dir(run_dir: str | Path, stage: str, key: str) -> Path:
     return Path(run_dir) / "cas" / stage / key[:24]
 
 
-def _scan(root: Path, old: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Size, mtime and sha256 of every file under ``root`` (reusing ``old`` hashes when unchanged)."""
-    out: dict[str, dict[str, Any]] = {}
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name == MANIFEST:
-            continue
-        rel = p.relative_to(root).as_posix()
-        st = p.stat()
-        prev = (old or {}).get(rel)
-        if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns:
-            sha = prev["sha256"]
-        else:
-            sha = file_sha256(p)
-        out[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
-    return out
-
-
 def verify_manifest(root: str | Path) -> dict[str, Any] | None:
-    """The manifest if every listed file exists with its recorded content, else None.
-
-    Size and mtime unchanged count as verified; otherwise the file is re-hashed, so a copied
-    directory (new mtimes, same bytes) still hits while an edited or truncated file misses.
-    """
-    root = Path(root)
-    try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for rel, meta in manifest.get("files", {}).items():
-        p = root / rel
-        try:
-            st = p.stat()
-        except OSError:
-            return None
-        if st.st_size != meta["size"]:
-            return None
-        if st.st_mtime_ns != meta["mtime_ns"] and file_sha256(p) != meta["sha256"]:
-            return None
+    """The manifest if every listed file exists with its recorded content digest, else None."""
+    manifest, _ = check_manifest(root)
     return manifest
 
 
+def check_manifest(root: str | Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(manifest, None)`` when every listed file hashes to its recorded digest; else
+    ``(None, why)``, ``why`` naming the file (None when there is no manifest at all)."""
+    root = Path(root)
+    path = root / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as err:
+        return None, f"{path}: unreadable manifest ({err})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or any(not isinstance(m, dict) or "digest" not in m for m in files.values()):
+        return None, f"{path}: no content digests recorded (written by an older gdig?)"
+    problem = first_mismatch(root, files)
+    if problem is not None:
+        return None, problem
+    return manifest, None
+
+
 def _output(stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool) -> StageOutput:
-    files = {rel: meta["sha256"] for rel, meta in manifest["files"].items()}
-    return StageOutput(stage=stage, key=key, dir=str(root), files=files, summary=manifest.get("summary", {}), cached=cached)
+    files = {rel: meta["digest"] for rel, meta in manifest["files"].items()}
+    return StageOutput(stage=stage, key=key, dir=str(root), files=files, volatile=manifest.get("volatile", []),
+                       summary=manifest.get("summary", {}), cached=cached)
 
 
-def lookup(run_dir: str | Path, stage: str, key: str) -> StageOutput | None:
+def lookup(run_dir: str | Path, stage: str, key: str, label: str | None = None) -> StageOutput | None:
+    """The verified cached output of this key, or None; a corrupt one is logged and recorded."""
     root = stage_dir(run_dir, stage, key)
-    manifest = verify_manifest(root)
-    if manifest is None or manifest.get("key") != key:
+    manifest, problem = check_manifest(root)
+    if manifest is not None and manifest.get("key") != key:
+        manifest, problem = None, f"{root / MANIFEST}: records key {manifest.get('key')}, expected {key}"
+    if problem is not None:
+        from tasks import artifacts
+
+        artifacts.logger().warning("%s: cached output will be recomputed: %s", label or stage, problem)
+        record("cache_corrupt", label or stage, key=key, reason=problem)
+    if manifest is None:
         return None
     return _output(stage, key, root, manifest, cached=True)
+
+
+def sweep_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove what killed runs left in ``cas/``: stage directories being built (``.<key>.*.tmp``)
+    and half-written files inside work directories (``.<name>.*.tmp``). Only safe while this
+    process holds the run directory's lock (``tasks.run_lock``): nobody else is writing there."""
+    cas = Path(run_dir) / "cas"
+    removed: list[Path] = []
+    if not cas.is_dir():
+        return removed
+    for path in sorted(cas.rglob(".*.tmp"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def run_stage(
@@ -203,6 +228,7 @@ def run_stage(
     code_modules: Iterable[str],
     compute: Callable[[Path, Path], dict[str, Any] | None],
     label: str | None = None,
+    volatile: Iterable[str] = (),
 ) -> StageOutput:
     """Return the verified cached output of this stage, or compute it into a fresh directory.
 
@@ -210,11 +236,13 @@ def run_stage(
     summary. ``work_dir`` is keyed like the output but survives a killed run (shard outputs,
     training checkpoints), so a rerun resumes there; it is removed once the stage is complete.
     ``label`` distinguishes several runs of one stage (``selection/gdig/b100``) in the records.
+    ``volatile`` names output files (fnmatch patterns) whose bytes vary between identical runs:
+    they are left out of the output's ``digest``.
     """
     code = code_version(code_modules)
     key = stage_key(stage, inputs, config_json, code)
     name = label or stage
-    hit = lookup(run_dir, stage, key)
+    hit = lookup(run_dir, stage, key, name)
     if hit is not None:
         record("cached", name, key=key)
         return hit
@@ -226,10 +254,12 @@ def run_stage(
     t0 = time.time()
     try:
         summary = compute(tmp, work) or {}
-        files = _scan(tmp)
+        files = digest_files(tmp, [p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
+                                   if p.is_file() and p.name != MANIFEST])
         manifest = {
             "stage": stage, "key": key, "inputs": inputs, "code": code, "files": files,
-            "summary": summary, "created": time.time(), "seconds": round(time.time() - t0, 3),
+            "volatile": sorted(volatile), "summary": summary, "created": time.time(),
+            "seconds": round(time.time() - t0, 3),
         }
         atomic_write_json(tmp / MANIFEST, manifest)
         if final.exists():  # a stale directory whose manifest no longer verified
@@ -239,6 +269,5 @@ def run_stage(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    # mtimes survive a rename, so the manifest written in tmp still verifies in place.
     record("computed", name, key=key, seconds=manifest["seconds"])
     return _output(stage, key, final, manifest, cached=False)

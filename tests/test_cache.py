@@ -3,6 +3,7 @@ depends on a change. Real pipeline processes on the tiny config against a real P
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -46,9 +47,13 @@ def test_stage_cache_hit_verify_and_recompute(tmp_path: Path) -> None:
     assert verify_manifest(again.dir) is None
     third = run_stage(tmp_path, "demo", {"x": "1"}, "{}", [], compute)
     assert not third.cached and len(calls) == 2 and (Path(third.dir) / "sub" / "b.bin").exists()
-    # An edited file (same size, new content) misses too.
-    (Path(third.dir) / "a.txt").write_text("HELLO")
+    # An edited file (same size, new content, old mtime restored) misses too.
+    edited = Path(third.dir) / "a.txt"
+    stamp = edited.stat()
+    edited.write_text("HELLO")
+    os.utime(edited, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert verify_manifest(third.dir) is None
+    assert not run_stage(tmp_path, "demo", {"x": "1"}, "{}", [], compute).cached and len(calls) == 3
     # A different input hash is a different key and directory.
     other = run_stage(tmp_path, "demo", {"x": "2"}, "{}", [], compute)
     assert other.key != first.key and other.dir != first.dir

@@ -38,6 +38,8 @@ def test_shard_sidecar_verifies_output(tmp_path: Path) -> None:
     assert read_done(str(out)) is None  # no sidecar: the shard never finished
     mark_done(out, str(out), {"n": 3})
     assert read_done(str(out))["summary"] == {"n": 3}
+    out.write_bytes(b"x" * 40 + b"y" * 10 + b"x" * 50)  # same size, changed in place
+    assert read_done(str(out)) is None
     out.write_bytes(b"x" * 50)  # truncated after the fact
     assert read_done(str(out)) is None
     out.unlink()

@@ -234,3 +234,43 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path: Path, tiny_model_dir:
     with pytest.raises(FloatingPointError, match="learning_rate"):
         finetune(cfg, train, table, tmp_path / "m", base_model=tiny_model_dir, progress=False)
     assert not (tmp_path / "m").exists()
+
+
+def _flip_bytes(path: Path, offset: int = -64, count: int = 16) -> None:
+    """Change ``count`` bytes in place, keeping the file's size (what a bad disk or a stray write does)."""
+    data = bytearray(path.read_bytes())
+    start = offset % len(data)
+    for i in range(start, min(start + count, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip-trainable", "truncate-optimizer"])
+def test_corrupt_checkpoint_is_detected_and_the_previous_one_used(
+    tmp_path: Path, tiny_model_dir: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg, table, train, out = _interrupted_run(tmp_path, tiny_model_dir)
+    latest = checkpoint_root(out) / "checkpoint-00000002"
+    assert (checkpoint_root(out) / "checkpoint-00000001").is_dir(), "two checkpoints are kept by default"
+    if damage == "flip-trainable":
+        bad = latest / "trainable.safetensors"
+        _flip_bytes(bad)
+    else:
+        bad = latest / "optimizer.safetensors"
+        bad.write_bytes(bad.read_bytes()[:100])
+    with caplog.at_level("WARNING"):
+        finetune(cfg, train, table, out, base_model=tiny_model_dir, progress=False)
+    assert json.loads((out / "training_summary.json").read_text())["resumed_from_step"] == 1
+    assert str(bad) in caplog.text and "checkpoint-00000002 is corrupt" in caplog.text
+    straight = finetune(cfg, train, table, tmp_path / "straight", base_model=tiny_model_dir, progress=False)
+    a, b = _weights(straight), _weights(out)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_every_checkpoint_corrupt_trains_from_the_start(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg, table, train, out = _interrupted_run(tmp_path, tiny_model_dir)
+    for ckpt in checkpoint_root(out).iterdir():
+        _flip_bytes(ckpt / "rng.safetensors", offset=-8, count=4)
+    finetune(cfg, train, table, out, base_model=tiny_model_dir, progress=False)
+    assert json.loads((out / "training_summary.json").read_text())["resumed_from_step"] is None
