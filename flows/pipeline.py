@@ -22,9 +22,10 @@ from tasks import artifacts
 from tasks.data_tasks import base_model_task, prepare_data_task, reference_task
 from tasks.downstream_tasks import evaluate_task, finetune_task, select_task
 from tasks.influence_tasks import curvature_stage, precondition_task, scoring_stage
-from tasks.publish import ensure_gpu_limit, publish_outputs
+from tasks.publish import publish_outputs
 from tasks.records import start_records
 from tasks.report_tasks import report_task
+from tasks.run_start import begin_run
 from tasks.stage_cache import StageOutput
 
 Model = tuple[str, str]  # (path or hub id, content fingerprint)
@@ -138,8 +139,8 @@ def gdig_pipeline(config: GdigConfig = GdigConfig()) -> dict[str, Any]:  # noqa:
     log = get_run_logger()
     cfg = config
     run_dir = str(Path(cfg.orchestration.run_dir).resolve())
+    begin_run(cfg, run_dir)  # run lock, leftovers swept, up-front checks, GPU limit, shard deployment
     records = start_records(run_dir, str(flow_run.get_id() or "local"))
-    ensure_gpu_limit(cfg.orchestration)
     log.info("run directory %s; records %s", run_dir, records)
     opts = {"task_runner": _runner(cfg)}
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 
 from tasks.shards import ShardJob
 
@@ -16,10 +15,9 @@ from tasks.shards import ShardJob
 @flow(name="gdig-shard", persist_result=False, log_prints=True)
 def shard_flow(job: ShardJob) -> dict[str, Any]:
     """Compute one shard and write it (then its ``.done.json`` sidecar) to ``job.output``."""
+    from tasks.gpu_slots import hold_gpu_slot
     from tasks.shard_work import execute_job
 
-    orch = job.config.get("orchestration", {})
     # The same global limit as in-process shards: GPUs are not oversubscribed whoever runs them.
-    with concurrency(orch.get("gpu_concurrency_limit", "gpu"), occupy=1,
-                     lease_duration=float(orch.get("gpu_lease_seconds", 60)), strict=False):
+    with hold_gpu_slot(job.config.get("orchestration", {}), f"{job.kind} shard {job.index}"):
         return execute_job(job)

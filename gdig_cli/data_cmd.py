@@ -6,9 +6,72 @@ import argparse
 import json
 from pathlib import Path
 
-from gdig_core.config import DataConfig, DatasetSpec
+from gdig_core.config import ConfigError, DataConfig, DatasetSpec
 from gdig_core.data import DataError, read_dataset, write_jsonl
 from gdig_core.noise import NOISE_KINDS, corrupt_pairs
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0 (argparse then names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def noise_kinds(text: str) -> list[str]:
+    """argparse type: a comma list of known noise kinds, at least one."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    if not kinds:
+        raise argparse.ArgumentTypeError(f"no noise kind given; choose from {', '.join(NOISE_KINDS)}")
+    unknown = [k for k in kinds if k not in NOISE_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown noise kind {unknown[0]!r}; choose from {', '.join(NOISE_KINDS)}")
+    return kinds
+
+
+def read_hypotheses(path: str) -> dict[str, str]:
+    """``{id: hyp}`` from a JSONL file of ``{"id": ..., "hyp": ...}``; a bad line is a DataError
+    naming file, line and field."""
+    hyps: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(path, None, None, "no such file or directory") from None
+    except UnicodeDecodeError as err:
+        raise DataError(path, None, None, f"not UTF-8 text (byte {err.start})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, number, None, f"broken JSON: {err.msg} at column {err.colno}") from None
+        if not isinstance(row, dict):
+            raise DataError(path, number, None, "a JSON line must be an object with 'id' and 'hyp'")
+        for field in ("id", "hyp"):
+            if field not in row:
+                raise DataError(path, number, field, "missing")
+        if not isinstance(row["hyp"], str):
+            raise DataError(path, number, "hyp", f"must be a string, got {type(row['hyp']).__name__}")
+        hyps[str(row["id"])] = row["hyp"]
+    if not hyps:
+        raise DataError(path, None, None, "no hypotheses in the file")
+    return hyps
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--format", default="auto", choices=["auto", "jsonl", "tsv", "parallel", "parquet", "hf"])
     check.add_argument("--src-lang", default="de")
     check.add_argument("--tgt-lang", default="en")
-    check.add_argument("--max-chars", type=int, default=DataConfig().max_chars)
+    check.add_argument("--max-chars", type=positive_int, default=DataConfig().max_chars)
     check.add_argument(
         "--strict", action="store_true", help="treat every bad row as fatal (as for seed and test sets)"
     )
@@ -35,9 +98,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     corrupt.add_argument("input", help="pool file (any readable format)")
     corrupt.add_argument("output", help="JSONL out: the pairs plus 'noise' (kind or clean) and 'original_tgt'")
-    corrupt.add_argument("--fraction", type=float, default=0.3)
+    corrupt.add_argument("--fraction", type=fraction, default=0.3)
     corrupt.add_argument("--seed", type=int, default=0)
-    corrupt.add_argument("--kinds", default=",".join(NOISE_KINDS[:4]), help=f"comma list of {', '.join(NOISE_KINDS)}")
+    corrupt.add_argument("--kinds", type=noise_kinds, default=list(NOISE_KINDS[:4]),
+                         help=f"comma list of {', '.join(NOISE_KINDS)} (default: the first four)")
     corrupt.add_argument("--src-lang", default="de")
     corrupt.add_argument("--tgt-lang", default="en")
     corrupt.add_argument("--third-language", help="text file, one sentence a line, for 'wrong_language' targets")
@@ -85,14 +149,15 @@ def run_check(args: argparse.Namespace) -> int:
 def run_corrupt(args: argparse.Namespace) -> int:
     data_cfg = DataConfig(data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang)
     table = read_dataset(DatasetSpec(path=args.input), data_cfg, "pool").table
+    kinds = args.kinds
+    if "low_quality_mt" in kinds and not args.mt_hypotheses:
+        raise ConfigError("--kinds low_quality_mt needs --mt-hypotheses (JSONL of {id, hyp})")
     third = None
     if args.third_language:
+        if not Path(args.third_language).is_file():
+            raise DataError(args.third_language, None, None, "no such file (--third-language)")
         third = [x for x in Path(args.third_language).read_text(encoding="utf-8").splitlines() if x.strip()]
-    hyps = None
-    if args.mt_hypotheses:
-        rows = [json.loads(x) for x in Path(args.mt_hypotheses).read_text(encoding="utf-8").splitlines() if x]
-        hyps = {str(r["id"]): r["hyp"] for r in rows}
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    hyps = read_hypotheses(args.mt_hypotheses) if args.mt_hypotheses else None
     out = corrupt_pairs(table, args.fraction, kinds, args.seed, third, hyps)
     write_jsonl(out.to_pylist(), args.output)
     counts: dict[str, int] = {}

@@ -26,16 +26,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(args: argparse.Namespace) -> int:
+    """Call the subcommand; a user error (bad config, data, option, corrupt or escaping path) is one
+    line naming its cause, exit status 2, never a traceback."""
     from gdig_core.config import ConfigError
     from gdig_core.data import DataError
+    from gdig_core.integrity import CorruptFileError
+    from gdig_core.names import PathEscapeError
 
-    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CorruptFileError, PathEscapeError) as err:
         print(f"gdig: error: {err}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _note(message: str) -> None:
+    print(f"gdig: {message}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from gdig_core.config import load_config
+    from gdig_core.preflight import preflight
     from tasks.env import configure_local_prefect
+    from tasks.run_lock import RunDirLocked, run_lock
 
     cfg = load_config(args.config, args.overrides)
     if cfg.orchestration.shard_mode == "deployment" and not os.environ.get("PREFECT_API_URL"):
@@ -33,16 +39,24 @@ def run(args: argparse.Namespace) -> int:
         print("gdig: shard_mode 'deployment' needs a Prefect server with workers: set PREFECT_API_URL "
               "(see deployments/README.md)", file=sys.stderr)
         return 2
+    preflight(cfg)  # seconds, before the Prefect server starts
     run_dir = Path(cfg.orchestration.run_dir).resolve()
     cfg.orchestration.run_dir = str(run_dir)
-    configure_local_prefect(run_dir)  # before Prefect is imported
-    from flows.pipeline import gdig_pipeline
-
+    orch = cfg.orchestration
     try:
-        outputs = gdig_pipeline(config=cfg)
-    except Exception as err:  # noqa: BLE001 - the flow run's logs hold the traceback
-        print(f"gdig: the pipeline failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        # Before Prefect starts: the local server's database lives in this directory too.
+        with run_lock(run_dir, orch.on_locked, orch.lock_wait_seconds, notify=_note):
+            configure_local_prefect(run_dir)  # before Prefect is imported
+            from flows.pipeline import gdig_pipeline
+
+            try:
+                outputs = gdig_pipeline(config=cfg)
+            except Exception as err:  # noqa: BLE001 - the flow run's logs hold the traceback
+                print(f"gdig: the pipeline failed: {type(err).__name__}: {err}", file=sys.stderr)
+                return 1
+    except RunDirLocked as err:
+        print(f"gdig: error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(outputs, indent=2))
         return 0
@@ -62,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gdig")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args) or 0)
+    from gdig_cli.main import run_command
+
+    return run_command(args)
 
 
 if __name__ == "__main__":

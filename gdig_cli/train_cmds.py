@@ -117,9 +117,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from gdig_core.evaluation import evaluate_model
 
     _setup_logging()
+    from gdig_core.names import check_safe_name
+
     cfg = load_config(args.config, args.overrides)
     if bool(args.src) != bool(args.ref):
         raise ConfigError("--src and --ref go together")
+    try:
+        check_safe_name(args.name, "--name")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if args.src:
         specs = [TestSetSpec(
             name=args.name, path=str(Path(args.src)), tgt_path=str(Path(args.ref)), format="parallel",

@@ -2,6 +2,8 @@
 
 Each stage has its own section so that cache keys can hash exactly the settings a stage depends on.
 Unknown keys are errors (``extra="forbid"``): a typo must not silently fall back to a default.
+Types are strict: ``true`` is not a batch size and ``2.5`` is not a step count. Names that become
+directory names are checked (``gdig_core.names``), and so is the prompt template.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gdig_core.names import SafeName
+from gdig_core.prompt_fields import check_template
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mt"
@@ -40,7 +45,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: YAML's `true` would otherwise be taken as the integer 1, and 2.5 cut to 2.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DatasetSpec(Section):
@@ -85,10 +91,8 @@ class PromptConfig(Section):
 
     @field_validator("template")
     @classmethod
-    def _template_has_source(cls, value: str) -> str:
-        if "{src}" not in value:
-            raise ValueError("the prompt template must contain '{src}'")
-        return value
+    def _template_fields_known(cls, value: str) -> str:
+        return check_template(value)
 
 
 class TinyModelConfig(Section):
@@ -118,7 +122,7 @@ class LoraConfig(Section):
     r: int = Field(default=16, gt=0)
     alpha: int = 32
     dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
 class TrainConfig(Section):
@@ -157,7 +161,7 @@ class CurvatureConfig(Section):
     method: Literal["ekfac", "kfac", "identity"] = "ekfac"
     fisher: Literal["true", "empirical"] = "empirical"
     #: Module name patterns (fnmatch) of the tracked nn.Linear layers, or a preset.
-    modules: list[str] = Field(default_factory=lambda: ["*mlp.gate_proj", "*mlp.up_proj", "*mlp.down_proj"])
+    modules: list[str] = Field(default_factory=lambda: ["*mlp.gate_proj", "*mlp.up_proj", "*mlp.down_proj"], min_length=1)
     preset: Literal["mlp", "gdig-official", "custom"] = "mlp"
     sample: int | None = Field(default=None, gt=0)
     shard_size: int = Field(default=512, gt=0)
@@ -190,7 +194,7 @@ class ScoringConfig(Section):
 class SelectionConfig(Section):
     budgets: list[int] = Field(default_factory=lambda: [100])
     methods: list[Literal["gdig", "quality", "diversity", "random", "full"]] = Field(
-        default_factory=lambda: ["gdig", "quality", "diversity", "random", "full"]
+        default_factory=lambda: ["gdig", "quality", "diversity", "random", "full"], min_length=1
     )
     #: fraction: benefit_frac_pos >= tau (the paper); topk: the top_k by mean benefit;
     #: min_mean: benefit_mean >= min_mean. Every rule ranks the quality set by mean benefit.
@@ -225,11 +229,12 @@ class FinetuneConfig(Section):
 
     enabled: bool = True
     train: TrainConfig = TrainConfig()
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
 class TestSetSpec(DatasetSpec):
-    name: str
+    #: Becomes the directory of the test set's outputs: a safe name (gdig_core.names).
+    name: SafeName
 
 
 class EvaluationConfig(Section):
@@ -249,6 +254,16 @@ class EvaluationConfig(Section):
     #: A local COMET checkpoint (file or model dir); None skips COMET, with a note in the results.
     comet_model: str | None = None
     zero_shot: bool = True
+
+    @model_validator(mode="after")
+    def _test_sets_named_once(self) -> EvaluationConfig:
+        if self.enabled and not self.test_sets:
+            raise ValueError("test_sets is empty: list at least one, or set evaluation.enabled: false")
+        names = [t.name for t in self.test_sets]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"test_sets: the name {repeated[0]!r} is used twice (each gets its own directory)")
+        return self
 
 
 class OrchestrationConfig(Section):
@@ -272,10 +287,21 @@ class OrchestrationConfig(Section):
     #: backoff starting at retry_delay_seconds.
     retries: int = Field(default=2, ge=0)
     retry_delay_seconds: float = Field(default=2.0, ge=0)
+    #: Longest wait for a slot of the GPU limit; past it the run fails saying who holds the slots.
+    gpu_slot_wait_seconds: float = Field(default=3600, gt=0)
+    #: Deployment mode: longest wait for a worker to be online at the start, and for one to pick
+    #: up each shard run; past it the run fails saying which pool needs a worker.
+    worker_wait_seconds: float = Field(default=600, gt=0)
+    #: Deployment mode: longest a shard run may take once picked up (a lost worker leaves it
+    #: "Running" forever); past it the run is cancelled and the shard retried.
+    shard_timeout_seconds: float = Field(default=6 * 3600, gt=0)
+    #: Another run holds this run directory: wait for it (up to lock_wait_seconds) or fail at once.
+    on_locked: Literal["wait", "fail"] = "wait"
+    lock_wait_seconds: float = Field(default=3600, ge=0)
 
 
 class GdigConfig(Section):
-    name: str = "gdig"
+    name: SafeName = "gdig"
     data: DataConfig = DataConfig()
     prompt: PromptConfig = PromptConfig()
     model: ModelConfig = ModelConfig()
@@ -299,9 +325,14 @@ class GdigConfig(Section):
         return names[code]
 
 
-def _parse_override_value(text: str) -> Any:
+def _parse_override_value(key: str, text: str) -> Any:
     """``--set`` values are YAML scalars/lists: ``3``, ``0.1``, ``true``, ``[1000, 2000]``, ``null``."""
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML ({problem}); "
+                          "e.g. --set selection.budgets=[100,200]") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -319,7 +350,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = _parse_override_value(value)
+        node[parts[-1]] = _parse_override_value(key.strip(), value)
     return raw
 
 
@@ -327,7 +358,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {path}: {e['msg']}")
+        given = e.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) or given is None else ""
+        lines.append(f"  {path}: {e['msg']}{shown}")
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from gdig_core.config import CurvatureConfig
 from gdig_core.hooks import BatchContext, capture_batches, layer_shape
+from gdig_core.integrity import reading
 from gdig_core.io import atomic_path
 
 Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
@@ -221,7 +222,8 @@ def save_stats(stats: dict[str, Tensor], path: str | Path, metadata: dict[str, s
 
 
 def load_stats(path: str | Path) -> dict[str, Tensor]:
-    return load_file(str(path))
+    with reading(path, "curvature statistics file"):
+        return load_file(str(path))
 
 
 def merge_stats(items: Sequence[str | Path | dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -367,7 +369,7 @@ def save_factors(factors: Factors, path: str | Path) -> None:
 def load_factors(path: str | Path) -> Factors:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
+    with reading(path, "curvature factors file"), safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
     factors = Factors(method=meta["gdig.method"], modules=json.loads(meta["gdig.modules"]))

@@ -74,11 +74,17 @@ class LoadResult:
 RawRow = tuple[int | None, "dict[str, Any] | RowProblem"]
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str | RowProblem]]:
-    """Lines of a UTF-8 text file (newline stripped); undecodable lines come back as problems."""
+    """Lines of a UTF-8 text file (newline stripped); undecodable lines come back as problems.
+    A byte-order mark at the start of the file (Windows editors write one) is not text: dropped."""
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             raw = raw.rstrip(b"\r\n")
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
             try:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -302,7 +308,7 @@ def read_dataset(
         problems.append(item)
 
     if not rows:
-        raise DataError(path, None, None, f"no valid pairs ({len(problems)} quarantined)")
+        raise DataError(path, None, None, f"no valid pairs: {_problem_summary(problems, rows_read)}")
     if spec.sample is not None and spec.sample < len(rows):
         keep = np.sort(np.random.default_rng(data_cfg.sample_seed).permutation(len(rows))[: spec.sample])
         rows = [rows[i] for i in keep]
@@ -330,6 +336,24 @@ def read_dataset(
     )
 
 
+def _problem_summary(problems: list[RowProblem], rows_read: int) -> str:
+    """Why every row was rejected: counts per reason and the first example of each."""
+    if not problems:
+        return f"{rows_read} rows read, none of them a pair (an empty file?)"
+    first: dict[str, RowProblem] = {}
+    counts: Counter[str] = Counter()
+    for p in problems:
+        key = _reason_key(p.reason)
+        counts[key] += 1
+        first.setdefault(key, p)
+    parts = [
+        f"{n} x {key} (e.g. line {first[key].line}"
+        + (f", field '{first[key].field}'" if first[key].field else "") + f": {first[key].reason})"
+        for key, n in counts.most_common()
+    ]
+    return f"all {len(problems)} rows quarantined: " + "; ".join(parts)
+
+
 def _reason_key(reason: str) -> str:
     """Group reasons by kind (drop the per-row detail after the first colon or parenthesis)."""
     return reason.split(":")[0].split(" (")[0].split(" at byte")[0]
@@ -352,7 +376,10 @@ def write_pairs(table: pa.Table, path: str | Path) -> None:
 
 
 def read_pairs(path: str | Path) -> pa.Table:
-    table = pq.read_table(path)
+    from gdig_core.integrity import reading
+
+    with reading(path, "pairs Parquet file"):
+        table = pq.read_table(path)
     missing = [n for n in PAIR_FIELDS if n not in table.column_names]
     if missing:
         raise DataError(path, None, missing[0], "missing column")

@@ -28,6 +28,7 @@ from gdig_core.config import GdigConfig, TestSetSpec
 from gdig_core.generation import generate_translations
 from gdig_core.io import atomic_path, atomic_write_json, atomic_write_text
 from gdig_core.metrics import check_comet_model, comet_scores, corpus_metrics
+from gdig_core.names import check_safe_name, inside
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def translate_and_score(
             model, tokenizer, test.sources, test.src_lang, test.tgt_lang, cfg, progress=progress
         )
         seconds = time.perf_counter() - t0
-        metrics = score_test_set(test, hyps[test.name], out / test.name)
+        metrics = score_test_set(test, hyps[test.name], inside(out, test.name))
         metrics.update(generation_seconds=seconds, sentences_per_s=len(test.sources) / max(seconds, 1e-9))
         results[test.name] = metrics
         log.info("%s: BLEU %.2f chrF %.2f (%d sentences, %.1f s)", test.name, metrics["bleu"],
@@ -215,7 +216,7 @@ def evaluate_model(
     specs = test_sets if test_sets is not None else cfg.evaluation.test_sets
     if not specs:
         raise ValueError("no test sets to evaluate (evaluation.test_sets is empty)")
-    names = [s.name for s in specs]
+    names = [check_safe_name(s.name, "test set name") for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"test set names must be unique: {names}")
     tests = [load_test_set(cfg, spec) for spec in specs]

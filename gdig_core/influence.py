@@ -99,7 +99,9 @@ class Preconditioned:
 
     @classmethod
     def load(cls, path: str | Path) -> Preconditioned:
-        with safe_open(str(path), framework="pt") as fh:
+        from gdig_core.integrity import reading
+
+        with reading(path, "preconditioned seeds file"), safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
         rank = int(meta["gdig.rank"]) if meta.get("gdig.rank") else None

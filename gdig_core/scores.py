@@ -280,8 +280,11 @@ def read_scores(paths: Sequence[str | Path] | str | Path) -> ScoreTable:
     seed_ids: list[str] | None = None
     feature_dim: int | None = None
     stored = True
+    from gdig_core.integrity import reading
+
     for p in paths:
-        t = pq.read_table(p)
+        with reading(p, "score shard"):
+            t = pq.read_table(p)
         meta = t.schema.metadata or {}
         sids = list(json.loads(meta[META_SEED_IDS]))
         fdim = int(meta[META_FEATURE_DIM])

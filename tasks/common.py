@@ -72,14 +72,15 @@ def stage_state(value: Any, cached: bool, what: str) -> Any:
 
 
 @contextlib.contextmanager
-def gpu_slot(cfg: GdigConfig) -> Iterator[None]:
-    """Hold one slot of the global GPU concurrency limit (a no-op outside a Prefect run)."""
-    from prefect.concurrency.sync import concurrency
+def gpu_slot(cfg: GdigConfig, what: str = "GPU task") -> Iterator[None]:
+    """Hold one slot of the global GPU concurrency limit, with a bounded wait (``tasks.gpu_slots``);
+    a no-op outside a Prefect run."""
     from prefect.context import FlowRunContext, TaskRunContext
+
+    from tasks.gpu_slots import hold_gpu_slot
 
     if FlowRunContext.get() is None and TaskRunContext.get() is None:
         yield
         return
-    orch = cfg.orchestration
-    with concurrency(orch.gpu_concurrency_limit, occupy=1, lease_duration=orch.gpu_lease_seconds, strict=False):
+    with hold_gpu_slot(cfg.orchestration, what):
         yield

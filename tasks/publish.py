@@ -1,4 +1,4 @@
-"""Run-level chores: the GPU concurrency limit, and the stable paths users look for
+"""Run-level chores: the stable paths users look for
 (``<run_dir>/selection/<method>/b<budget>/``, ``<run_dir>/report/``, ``<run_dir>/outputs.json``)."""
 
 from __future__ import annotations
@@ -7,28 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gdig_core.config import OrchestrationConfig
 from gdig_core.io import atomic_write_json
-from tasks import artifacts
+from gdig_core.names import inside
 from tasks.stage_cache import StageOutput
-
-
-def ensure_gpu_limit(orch: OrchestrationConfig) -> None:
-    """Create the global concurrency limit GPU tasks hold, unless an operator already made it
-    (then their slot count wins: they know how many GPUs the pool has)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
-
-    slots = orch.gpu_slots or orch.max_workers
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(orch.gpu_concurrency_limit)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=orch.gpu_concurrency_limit, limit=slots)
-            )
-            artifacts.logger().info("created concurrency limit %r with %d slots", orch.gpu_concurrency_limit, slots)
 
 
 def _mirror(src: Path, dst: Path) -> None:
@@ -48,7 +29,7 @@ def publish_outputs(
     selected: dict[str, str] = {}
     for sel in selections:
         m, b = sel.summary["method"], sel.summary["budget"]
-        sub = root / "selection" / m / ("all" if m == "full" else f"b{b}")
+        sub = inside(root, "selection", m, "all" if m == "full" else f"b{b}")
         sub.parent.mkdir(parents=True, exist_ok=True)
         _mirror(Path(sel.dir), sub)
         selected[f"{m}/{sub.name}"] = str(sub / "selected.jsonl")

@@ -9,7 +9,6 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 from tqdm import tqdm
@@ -28,22 +27,28 @@ class ShardsFailed(RuntimeError):
 @task(name="shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
 def run_shard_local(job: ShardJob, gpu_limit: str) -> dict[str, Any]:
     """One shard in this process, holding a slot of the GPU concurrency limit while it works."""
+    from tasks.gpu_slots import hold_gpu_slot
     from tasks.shard_work import execute_job
 
-    lease = float(job.config.get("orchestration", {}).get("gpu_lease_seconds", 60))
-    with concurrency(gpu_limit, occupy=1, lease_duration=lease, strict=False):
+    with hold_gpu_slot(job.config.get("orchestration", {}), f"{job.kind} shard {job.index}"):
         return execute_job(job)
 
 
 @task(name="dispatch-shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
 def run_shard_deployment(job: ShardJob, deployment: str) -> dict[str, Any]:
-    """One shard as a run of the shard deployment (picked up by a worker); waits for it."""
+    """One shard as a run of the shard deployment (picked up by a worker); waits for it, within the
+    bounds of ``orchestration.worker_wait_seconds`` and ``shard_timeout_seconds``."""
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(
-        name=deployment, parameters={"job": job.model_dump(mode="json")}, timeout=None,
-        flow_run_name=f"{job.kind}-{job.index:05d}-{job.stage_key[:8]}", poll_interval=1,
+    from tasks.shard_dispatch import await_shard_run, check_shard_deployment
+
+    orch = OrchestrationConfig.model_validate(job.config.get("orchestration", {}))
+    pool = check_shard_deployment(orch)
+    dispatched = run_deployment(
+        name=deployment, parameters={"job": job.model_dump(mode="json")}, timeout=0,
+        flow_run_name=f"{job.kind}-{job.index:05d}-{job.stage_key[:8]}",
     )
+    flow_run = await_shard_run(dispatched, pool, orch, f"{job.kind} shard {job.index}")
     state = flow_run.state
     if state is None or not state.is_completed():
         # Worker lost, crashed or the shard raised: worth another try on any worker.

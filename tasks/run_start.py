@@ -1,0 +1,32 @@
+"""What the pipeline does before its first stage: take the run directory's lock, clear what killed
+runs left behind, check everything that can be checked up front, and make sure the GPU limit and
+(in deployment mode) the shard deployment and a worker are there. Each step fails fast with a
+message that says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gdig_core.config import GdigConfig
+from gdig_core.preflight import preflight
+from tasks import artifacts, run_lock
+from tasks.gpu_slots import prepare_gpu_limit
+from tasks.shard_dispatch import check_shard_deployment, wait_for_worker
+from tasks.stage_cache import sweep_temporaries
+
+
+def begin_run(cfg: GdigConfig, run_dir: str | Path) -> None:
+    """Lock, sweep, check. The lock stays with this process until ``gdig run`` exits (or
+    ``run_lock.release``); a flow run started by a worker is its own process."""
+    log = artifacts.logger()
+    orch = cfg.orchestration
+    run_lock.acquire(run_dir, orch.on_locked, orch.lock_wait_seconds, notify=log.warning)
+    removed = sweep_temporaries(run_dir)
+    if removed:
+        log.info("removed %d temporary file(s)/dir(s) left in %s/cas by a killed run", len(removed), run_dir)
+    preflight(cfg)
+    prepare_gpu_limit(orch, run_dir)
+    if orch.shard_mode == "deployment":
+        pool = check_shard_deployment(orch)
+        workers = wait_for_worker(pool, orch)
+        log.info("shard deployment %r on work pool %r: %d worker(s) online", orch.shard_deployment, pool, workers)
