@@ -429,6 +429,13 @@ def prepare_data(data_cfg: DataConfig, out_dir: str | Path, language_names: dict
     return summary
 
 
+def sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample (all rows when ``sample`` is None or large enough)."""
+    if sample is None or sample >= n_rows:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).permutation(n_rows)[:sample])
+
+
 # Prompting and tokenisation live in gdig_core.encoding; re-exported here because callers think
 # of them as part of "the data layer".
 from gdig_core.encoding import (  # noqa: E402,F401

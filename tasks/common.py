@@ -1,9 +1,8 @@
-"""Small helpers shared by the stage tasks: config fingerprints, model fingerprints, task options."""
+"""Small helpers shared by the stage tasks: model fingerprints, GPU slots, cached task states."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,21 +10,7 @@ from typing import Any
 from gdig_core.config import GdigConfig
 from gdig_core.io import file_sha256, text_sha256
 
-#: Model settings that change results; device and cache location do not.
-_MODEL_IRRELEVANT = {"device", "cache_dir"}
 _SMALL_FILE = 16 << 20
-
-
-def config_json(cfg: GdigConfig, *sections: str, extra: dict[str, Any] | None = None) -> str:
-    """Canonical JSON of the named sections (``model`` without device/cache_dir) plus ``extra``."""
-    dumped = json.loads(cfg.section_json(*sections))
-    if "data" in dumped:  # where the files are is not what they contain: file hashes cover that
-        dumped["data"] = {k: v for k, v in dumped["data"].items() if k != "data_dir"}
-    if "model" in dumped:
-        dumped["model"] = {k: v for k, v in dumped["model"].items() if k not in _MODEL_IRRELEVANT}
-    if extra:
-        dumped["extra"] = extra
-    return json.dumps(dumped, sort_keys=True)
 
 
 def model_fingerprint(path_or_id: str) -> str:

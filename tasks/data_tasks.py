@@ -6,15 +6,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from gdig_core.config import GdigConfig, resolve_data_path
+from gdig_core.data import sample_rows  # noqa: F401 - the curvature stage imports it from here
 from tasks import artifacts
-from tasks.common import config_json, gpu_slot, model_fingerprint, raw_file_hashes, stage_state
-from tasks.faults import retry_condition
+from tasks.common import gpu_slot, model_fingerprint, raw_file_hashes, stage_state
+from tasks.faults import kill_point, retry_condition
 from tasks.stage_cache import StageOutput, run_stage
+from tasks.stage_keys import key_parts, stage_calls
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
 
@@ -33,16 +34,13 @@ def _raw_inputs(cfg: GdigConfig) -> dict[str, str]:
 @task(name="prepare-data", **TASK_OPTS)
 def prepare_data_task(cfg: GdigConfig, run_dir: str) -> StageOutput:
     """Read, validate, dedup and sample the pool and seed into Parquet (content hashes in the summary)."""
-    from gdig_core.data import prepare_data
+    calls = stage_calls("data", cfg)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        return prepare_data(cfg.data, out, cfg.prompt.language_names)
+        return calls["prepare"](out_dir=out)
 
-    result = run_stage(
-        run_dir, "data", _raw_inputs(cfg),
-        config_json(cfg, "data", extra={"language_names": cfg.prompt.language_names}),
-        ["gdig_core/data.py"], compute,
-    )
+    # data_summary.json names the files read by absolute path: not part of the content.
+    result = run_stage(run_dir, "data", _raw_inputs(cfg), *key_parts(calls), compute, volatile=["data_summary.json"])
     summary = result.summary
     artifacts.table(
         artifacts.artifact_key("data-summary"),
@@ -72,25 +70,18 @@ def base_model_task(cfg: GdigConfig, run_dir: str, data: StageOutput) -> tuple[s
         path = model_path(cfg.model)
         return path, model_fingerprint(path)
     from gdig_core.data import read_pairs
-    from gdig_core.models import build_tiny_model
+
+    calls = stage_calls("base-model", cfg)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         table = read_pairs(data.path("pool.parquet"))
-        n = cfg.model.tiny.tokenizer_texts
+        n = calls["build"].kwargs["cfg"].tokenizer_texts
         texts = table.column("src").to_pylist()[:n] + table.column("tgt").to_pylist()[:n]
-        build_tiny_model(cfg.model.tiny, texts, out / "model", seed=0)
+        calls["build"](texts=texts, out_dir=out / "model")
         return {"texts": len(texts)}
 
-    result = run_stage(run_dir, "base-model", {"pool": pool_hash(data)}, config_json(cfg, "model"),
-                       ["gdig_core/models.py"], compute)
+    result = run_stage(run_dir, "base-model", {"pool": pool_hash(data)}, *key_parts(calls), compute)
     return stage_state((str(result.path("model")), result.digest("model")), result.cached, "base model")
-
-
-def sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded sample (all rows when ``sample`` is None or large enough)."""
-    if sample is None or sample >= n_rows:
-        return np.arange(n_rows)
-    return np.sort(np.random.default_rng(seed).permutation(n_rows)[:sample])
 
 
 @task(name="reference-model", **TASK_OPTS)
@@ -99,20 +90,19 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
     if not cfg.reference.enabled:
         return base
     from gdig_core.data import read_pairs
-    from gdig_core.training import finetune
+
+    calls = stage_calls("reference", cfg)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         table = read_pairs(data.path("pool.parquet"))
-        table = table.take(sample_rows(table.num_rows, cfg.reference.sample, cfg.reference.train.seed))
+        table = table.take(calls["sample"](table.num_rows))
         # Train into the work dir so resume checkpoints survive a killed run, then move in place.
-        with gpu_slot(cfg):
-            model_dir = finetune(cfg, cfg.reference.train, table, work / "model", base_model=base[0], progress=False)
+        with gpu_slot(cfg, "reference model"):
+            model_dir = calls["train"](pairs=table, out_dir=work / "model", base_model=base[0], progress=False,
+                                       on_step=lambda step, loss: kill_point("reference", step))
         shutil.move(str(model_dir), out / "model")
         return {"pairs": table.num_rows}
 
-    result = run_stage(
-        run_dir, "reference", {"pool": pool_hash(data), "base": base[1]},
-        config_json(cfg, "reference", "prompt", "model"),
-        ["gdig_core/training.py", "gdig_core/checkpointing.py", "gdig_core/encoding.py", "gdig_core/models.py"], compute,
-    )
+    result = run_stage(run_dir, "reference", {"pool": pool_hash(data), "base": base[1]}, *key_parts(calls),
+                       compute, volatile=["model/training_summary.json"])
     return stage_state((str(result.path("model")), result.digest("model")), result.cached, "reference model")

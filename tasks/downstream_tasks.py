@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,11 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts
-from tasks.common import config_json, gpu_slot, raw_file_hashes, stage_state
+from tasks.common import gpu_slot, raw_file_hashes, stage_state
 from tasks.data_tasks import TASK_OPTS, pool_hash
+from tasks.faults import kill_point
 from tasks.stage_cache import StageOutput, run_stage
-
-_TRAIN_CODE = ["gdig_core/training.py", "gdig_core/checkpointing.py", "gdig_core/encoding.py", "gdig_core/models.py"]
+from tasks.stage_keys import key_parts, stage_calls
 
 
 def selection_label(method: str, budget: int) -> str:
@@ -35,12 +34,10 @@ def select_task(cfg: GdigConfig, run_dir: str, data: StageOutput, scores: StageO
         return {"method": method, "budget": budget, "size": result.size,
                 "shortfall": result.shortfall["message"] if result.shortfall else None}
 
-    # Which methods and budgets are listed does not change what one (method, budget) selects.
-    sel = {k: v for k, v in cfg.selection.model_dump(mode="json").items() if k not in ("budgets", "methods")}
     result = run_stage(
         run_dir, "selection", {"scores": scores.digest("scores"), "pool": pool_hash(data)},
-        json.dumps({"selection": sel, "method": method, "budget": budget}, sort_keys=True),
-        ["gdig_core/selection.py", "gdig_core/scores.py"], compute, label=selection_label(method, budget),
+        *key_parts(stage_calls("selection", cfg, method=method, budget=budget)), compute,
+        label=selection_label(method, budget),
     )
     return stage_state(result, result.cached, selection_label(method, budget))
 
@@ -51,22 +48,21 @@ def finetune_task(
 ) -> StageOutput:
     """Finetune the base model (not the reference model) on one selection."""
     from gdig_core.data import read_pairs
-    from gdig_core.training import finetune
 
-    train_cfg = cfg.finetune.train.model_copy(update={"seed": seed})
+    calls = stage_calls("finetune", cfg, seed=seed)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         table = read_pairs(selection.path("selected.parquet"))
-        with gpu_slot(cfg):
-            model_dir = finetune(cfg, train_cfg, table, work / "model", base_model=base[0], progress=False)
+        with gpu_slot(cfg, "finetune"):
+            model_dir = calls["train"](pairs=table, out_dir=work / "model", base_model=base[0], progress=False,
+                                       on_step=lambda step, loss: kill_point("finetune", step))
         shutil.move(str(model_dir), out / "model")
         return {**{k: selection.summary.get(k) for k in ("method", "budget", "size")}, "seed": seed}
 
     label = selection_label(selection.summary["method"], selection.summary["budget"]).replace("selection", "finetune")
     result = run_stage(
         run_dir, "finetune", {"base": base[1], "train_pairs": selection.digest("selected.parquet")},
-        config_json(cfg, "prompt", "model", extra={"train": train_cfg.model_dump(mode="json")}),
-        _TRAIN_CODE, compute, label=f"{label}/s{seed}",
+        *key_parts(calls), compute, label=f"{label}/s{seed}", volatile=["model/training_summary.json"],
     )
     # Two methods that selected the same pairs share one cached model; the caller's labels win.
     meta = {k: selection.summary.get(k) for k in ("method", "budget", "size")} | {"seed": seed}
@@ -86,19 +82,18 @@ def _test_set_hashes(cfg: GdigConfig) -> dict[str, str]:
 @task(name="evaluate", **TASK_OPTS)
 def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: str, meta: dict[str, Any]) -> StageOutput:
     """BLEU/chrF (and COMET when available) of one model on every test set; ``metrics.json``."""
-    from gdig_core.evaluation import evaluate_model
+    calls = stage_calls("evaluation", cfg)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        with gpu_slot(cfg):
-            metrics = evaluate_model(cfg, model[0], out)
+        with gpu_slot(cfg, f"evaluation {label}"):
+            metrics = calls["evaluate"](model_dir=model[0], out_dir=out)
+        kill_point("evaluation")
         return {**meta, "metrics": metrics}
 
-    ev = {k: v for k, v in cfg.evaluation.model_dump(mode="json").items() if k != "zero_shot"}
+    # Timings and the model's path are in results.json and metrics.json; the hypotheses are not.
     result = run_stage(
-        run_dir, "evaluation", {"model": model[1], **_test_set_hashes(cfg)},
-        config_json(cfg, "prompt", "model", extra={"evaluation": ev, "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}),
-        ["gdig_core/evaluation.py", "gdig_core/generation.py", "gdig_core/metrics.py", "gdig_core/models.py"],
-        compute, label=f"evaluation/{label}",
+        run_dir, "evaluation", {"model": model[1], **_test_set_hashes(cfg)}, *key_parts(calls),
+        compute, label=f"evaluation/{label}", volatile=["results.json", "*/metrics.json"],
     )
     # Identical models (same selected pairs) share one cached evaluation; keep this model's labels.
     return stage_state(result.model_copy(update={"summary": result.summary | meta}), result.cached, f"evaluation/{label}")

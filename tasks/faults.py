@@ -84,3 +84,19 @@ def inject(kind: str, index: int, batch_size: int | None = None) -> None:
         raise ValueError(f"injected bug in {kind} shard {index}")
     if fault.startswith("oom>") and batch_size is not None and batch_size > int(fault[4:]):
         raise RuntimeError(f"CUDA out of memory (injected, batch {batch_size})")
+
+
+def kill_point(name: str, index: int | None = None) -> None:
+    """Test hook for kill-and-resume tests. With ``GDIG_FAULTS={"kill": "reference:1"}`` the
+    process group is SIGKILLed right here (after reference-training step 1): nothing gets to clean
+    up, as when a machine dies. Points: ``reference:<step>``, ``finetune:<step>``,
+    ``curvature_stats:<shard>``, ``lambda_stats:<shard>``, ``scores:<shard>``, ``evaluation``."""
+    spec = os.environ.get("GDIG_FAULTS")
+    if not spec:
+        return
+    target = json.loads(spec).get("kill")
+    here = name if index is None else f"{name}:{index}"
+    if target == here:
+        import signal
+
+        os.killpg(os.getpgrp(), signal.SIGKILL)

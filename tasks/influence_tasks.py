@@ -10,14 +10,12 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts, storage
-from tasks.common import config_json, gpu_slot, stage_state
+from tasks.common import gpu_slot, stage_state
 from tasks.data_tasks import TASK_OPTS, pool_hash, sample_rows, seed_hash
 from tasks.shard_map import map_shards
 from tasks.shards import ShardJob, ShardKind, plan, shard_output
 from tasks.stage_cache import StageOutput, link_or_copy, run_stage
-
-_CURV_CODE = ["gdig_core/curvature.py", "gdig_core/hooks.py", "gdig_core/encoding.py", "gdig_core/models.py"]
-_SCORE_CODE = [*_CURV_CODE, "gdig_core/influence.py", "gdig_core/features.py", "gdig_core/scores.py"]
+from tasks.stage_keys import key_parts, stage_calls
 
 
 def _shard_root(cfg: GdigConfig, work: Path, stage: str) -> str:
@@ -112,7 +110,7 @@ def curvature_stage(cfg: GdigConfig, run_dir: str, data: StageOutput, reference:
 
     result = run_stage(
         run_dir, "curvature", {"pool": pool_hash(data), "reference": reference[1]},
-        config_json(cfg, "curvature", "prompt", "model"), _CURV_CODE, compute,
+        *key_parts(stage_calls("curvature", cfg)), compute,
     )
     s = result.summary
     artifacts.table(artifacts.artifact_key("curvature-summary"), [
@@ -130,16 +128,14 @@ def precondition_task(
     from tasks.influence_calls import precondition_call
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        with gpu_slot(cfg):
+        with gpu_slot(cfg, "seed preconditioning"):
             return precondition_call(cfg, reference[0], data.path("seed.parquet"), factors.path("factors.safetensors"),
                                  out / "precond.safetensors")
 
     result = run_stage(
         run_dir, "precondition",
         {"seed": seed_hash(data), "reference": reference[1], "factors": factors.digest("factors.safetensors")},
-        config_json(cfg, "prompt", "model", extra={"seed_rank": cfg.scoring.seed_rank, "curvature": cfg.curvature.model_dump(mode="json"),
-                                                   "loss_normalisation": cfg.scoring.loss_normalisation}),
-        _SCORE_CODE, compute,
+        *key_parts(stage_calls("precondition", cfg)), compute,
     )
     return stage_state(result, result.cached, "precondition")
 
@@ -173,9 +169,7 @@ def scoring_stage(
         run_dir, "scoring",
         {"pool": pool_hash(data), "reference": reference[1], "factors": factors.digest("factors.safetensors"),
          "precond": precond.digest("precond.safetensors")},
-        config_json(cfg, "scoring", "prompt", "model", extra={"curvature_modules": cfg.curvature.modules,
-                                                              "preset": cfg.curvature.preset}),
-        _SCORE_CODE, compute,
+        *key_parts(stage_calls("scoring", cfg)), compute,
     )
     artifacts.table(artifacts.artifact_key("scoring-summary"), [result.summary | {"cached": result.cached}],
                     "Candidate scoring")

@@ -15,6 +15,7 @@ from gdig_core.io import text_sha256
 from tasks.common import stage_state
 from tasks.data_tasks import TASK_OPTS
 from tasks.stage_cache import StageOutput, run_stage
+from tasks.stage_keys import key_parts, stage_calls
 
 
 def clean_share(selected: Path, labels: Path) -> float | None:
@@ -28,11 +29,15 @@ def clean_share(selected: Path, labels: Path) -> float | None:
     return sum(v == "clean" for v in known) / len(known) if known else None
 
 
+def _labels(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k != "metrics"}
+
+
 @task(name="report", **TASK_OPTS)
 def report_task(
     cfg: GdigConfig, run_dir: str, data: StageOutput, selections: list[StageOutput], evaluations: list[StageOutput]
 ) -> StageOutput:
-    from gdig_core.report import build_report
+    calls = stage_calls("report", cfg)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         sels = [s.summary | {"clean_share": clean_share(s.path("selected.parquet"), data.path("noise_labels.parquet"))} for s in selections]
@@ -41,13 +46,15 @@ def report_task(
         notes = [f"pool: {pool.get('rows_kept')} pairs kept of {pool.get('rows_read')} read "
                  f"({pool.get('quarantined')} quarantined, {pool.get('duplicates_removed')} duplicates)",
                  f"seed: {data.summary.get('seed', {}).get('rows_kept')} pairs"]
-        result = build_report(evs, sels, out, title=f"G-DIG report: {cfg.name}", notes=notes)
+        result = calls["report"](evs, sels, out, notes=notes)
         return {"rows": result["rows"]}
 
     # Content of what is reported, so an identical recomputed selection keeps the report cached.
-    # Labels (method, budget, seed) and metrics are what the report shows: hash them too.
+    # Labels (method, budget, seed) are what the report shows beside the outputs: hash them too. An
+    # evaluation's metrics follow from its hypotheses (in its digest); its timings must not count.
     inputs = {"selections": text_sha256(*sorted(s.digest() + json.dumps(s.summary, sort_keys=True) for s in selections)),
-              "evaluations": text_sha256(*sorted(e.digest() + json.dumps(e.summary, sort_keys=True) for e in evaluations)),
+              "evaluations": text_sha256(*sorted(e.digest() + json.dumps(_labels(e.summary), sort_keys=True)
+                                                 for e in evaluations)),
               "data": data.digest()}
-    result = run_stage(run_dir, "report", inputs, json.dumps({"name": cfg.name}), ["gdig_core/report.py"], compute)
+    result = run_stage(run_dir, "report", inputs, *key_parts(calls), compute)
     return stage_state(result, result.cached, "report")

@@ -12,7 +12,7 @@ from typing import Any
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts, storage
-from tasks.faults import inject, with_oom_backoff
+from tasks.faults import inject, kill_point, with_oom_backoff
 from tasks.shards import ShardJob, mark_done
 
 _LOCAL = threading.local()
@@ -85,5 +85,6 @@ def execute_job(job: ShardJob) -> dict[str, Any]:
     if storage.is_url(job.output):
         storage.put_file(out_local, job.output)
     mark_done(out_local, job.output, summary)
+    kill_point(job.kind, job.index)
     log.info("%s shard %d: rows %d-%d done", job.kind, job.index, job.start, job.end)
     return summary

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from gdig_core.integrity import digest_files, first_mismatch
 from gdig_core.io import atomic_write_json, text_sha256
+from tasks.key_derivation import source_fingerprint
 from tasks.records import record
 
 MANIFEST = "_manifest.json"
@@ -41,7 +42,7 @@ def code_version(modules: Iterable[str]) -> str:
     """Hash of the source files a stage runs (``gdig_core/curvature.py`` ...) plus the package version.
 
     Editing the method recomputes what it produced; editing an unrelated module, or only the
-    comments and docstrings of a related one, does not.
+    comments and docstrings of a related one, does not (``key_derivation.source_fingerprint``).
     """
     names = tuple(sorted(set(modules)))
     if names not in _CODE_HASHES:
@@ -60,30 +61,12 @@ def code_version(modules: Iterable[str]) -> str:
     return _CODE_HASHES[names]
 
 
-def _source_fingerprint(path: Path) -> str:
-    """Hash of a module's syntax tree without docstrings: reformatting or editing comments and
-    docs does not invalidate results, any change to the code does."""
-    import ast
-
-    text = path.read_text(encoding="utf-8")
-    try:
-        tree = ast.parse(text)
-    except SyntaxError:
-        return text_sha256(text)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return text_sha256(ast.dump(tree, annotate_fields=False))
-
-
 def _cached_fingerprint(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)
     with _CODE_LOCK:
         if key not in _FILE_FINGERPRINTS:
-            _FILE_FINGERPRINTS[key] = _source_fingerprint(path)
+            _FILE_FINGERPRINTS[key] = source_fingerprint(path)
         return _FILE_FINGERPRINTS[key]
 
 
