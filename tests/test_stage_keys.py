@@ -1,0 +1,234 @@
+"""Cache keys are derived, not kept by hand: changing any config field recomputes exactly the
+stages whose method functions read it, and editing any gdig_core module recomputes exactly the
+stages that import it. Keys are computed, nothing is run, so every field and module is tried.
+
+The EXPECTED tables below are this test's independent statement of which stage depends on
+what; a new config field or module fails here until it is added to them (on purpose: say
+which stages it should invalidate)."""
+
+from __future__ import annotations
+
+import typing
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from gdig_core.config import GdigConfig, LoraConfig
+from tasks import stage_cache
+from tasks.stage_keys import STAGES, key_parts, stage_calls
+
+_PROMPT = ["prompt.*"]
+_MODEL_ALL = ["model.name", "model.dtype", "model.trust_remote_code", "model.add_bos", "model.tiny.*"]
+_MODEL_LOAD = ["model.name", "model.dtype", "model.trust_remote_code", "model.add_bos"]
+_TRAIN = ["epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
+          "lr_schedule", "max_grad_norm", "bf16", "gradient_checkpointing", "lora"]
+
+#: stage -> field patterns whose change must change the stage's key (and nothing else may).
+EXPECTED: dict[str, list[str]] = {
+    "data": ["data.src_lang", "data.tgt_lang", "data.pool.*", "data.seed.*", "data.quarantine_pool", "data.dedup",
+             "data.max_chars", "data.sample_seed", "prompt.language_names"],
+    "base-model": ["model.tiny.*"],
+    "reference": [*_PROMPT, *_MODEL_ALL, "reference.sample", "reference.train.seed",
+                  *[f"reference.train.{f}" for f in _TRAIN]],
+    "curvature": [*_PROMPT, *_MODEL_LOAD, "curvature.*"],
+    # precondition_seeds reads scoring.autocast (the hand-kept key had left it out) and the
+    # tracked modules; the curvature method and damping reach it through the factors file.
+    "precondition": [*_PROMPT, *_MODEL_LOAD, "curvature.modules", "curvature.preset", "scoring.autocast",
+                     "scoring.loss_normalisation", "scoring.seed_rank", "scoring.batch_size"],
+    "scoring": [*_PROMPT, *_MODEL_LOAD, "curvature.modules", "curvature.preset", "scoring.shard_size",
+                "scoring.batch_size", "scoring.loss_normalisation", "scoring.feature_dim", "scoring.feature_seed",
+                "scoring.full_benefit_max_seeds", "scoring.top_k_seeds", "scoring.autocast"],
+    # Which methods and budgets are listed does not change what one (method, budget) selects.
+    "selection": ["selection.quality_rule", "selection.tau", "selection.min_mean", "selection.top_k",
+                  "selection.n_clusters", "selection.cluster_size_hint", "selection.kmeans_algorithm",
+                  "selection.kmeans_max_iter", "selection.shortfall", "selection.seed"],
+    # The finetune seed comes from finetune.seeds (the key of seed 0 is computed here).
+    "finetune": [*_PROMPT, *_MODEL_ALL, *[f"finetune.train.{f}" for f in _TRAIN]],
+    # read_dataset gets the whole data section, so the reader's settings count for test sets too.
+    "evaluation": [*_PROMPT, *_MODEL_LOAD, "evaluation.test_sets", "evaluation.max_sentences",
+                   "evaluation.batch_size", "evaluation.max_new_tokens", "evaluation.num_beams", "evaluation.bf16",
+                   "evaluation.comet_model", "data.src_lang", "data.tgt_lang", "data.max_chars", "data.dedup",
+                   "data.quarantine_pool", "data.sample_seed"],
+    "report": ["name"],
+}
+#: Fields no stage key contains: locations, devices, scheduling, which stages run, checkpoint cadence.
+NO_STAGE = ["data.data_dir", "model.device", "model.cache_dir", "reference.enabled", "reference.train.save_every",
+            "reference.train.save_every_minutes", "reference.train.keep_checkpoints", "selection.budgets",
+            "selection.methods", "finetune.enabled", "finetune.seeds", "finetune.train.seed",
+            "finetune.train.save_every", "finetune.train.save_every_minutes", "finetune.train.keep_checkpoints",
+            "evaluation.enabled", "evaluation.zero_shot", "orchestration.*"]
+
+
+def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out += _leaves(value, prefix + (name,))
+        else:
+            out.append(prefix + (name,))
+    return out
+
+
+def _candidates(value: Any, annotation: Any) -> list[Any]:
+    """Other values of the field's type, most natural first."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return [a for a in args if a != value]
+    if annotation is bool or (value is None and bool in args) or isinstance(value, bool):
+        return [not value if value is not None else True]
+    if isinstance(value, int):
+        return [value + 1]
+    if isinstance(value, float):
+        return [value + 0.5, value * 0.5]
+    if isinstance(value, str):
+        return [value + "x"]
+    if isinstance(value, dict):
+        return [{**value, "xx": "Xx"}]
+    if isinstance(value, list):
+        inner = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
+        if typing.get_origin(inner) is typing.Literal:
+            return [value + [a] for a in typing.get_args(inner) if a not in value] or [value[:-1]]
+        if value and isinstance(value[0], BaseModel):
+            return [[value[0].model_copy(update={"name": value[0].name + "x"}), *value[1:]]]
+        if value and isinstance(value[0], int):
+            return [value + [max(value) + 1]]
+        return [value + ["x"]]
+    if value is None:  # optional field left unset
+        if LoraConfig in args:
+            return [LoraConfig()]
+        return [3, 1.5, "x"]
+    raise AssertionError(f"no other value for {value!r} of {annotation}")
+
+
+def _changed(cfg: GdigConfig, path: tuple[str, ...]) -> GdigConfig:
+    raw = cfg.model_dump()
+    owner: Any = cfg
+    for part in path[:-1]:
+        owner = getattr(owner, part)
+    annotation = type(owner).model_fields[path[-1]].annotation
+    for candidate in _candidates(getattr(owner, path[-1]), annotation):
+        node = raw
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = candidate.model_dump() if isinstance(candidate, BaseModel) else (
+            [c.model_dump() if isinstance(c, BaseModel) else c for c in candidate]
+            if isinstance(candidate, list) else candidate)
+        try:
+            return GdigConfig.model_validate(raw)
+        except ValidationError:
+            continue
+    raise AssertionError(f"could not find another valid value for {'.'.join(path)}")
+
+
+def _keys(cfg: GdigConfig) -> dict[str, str]:
+    return {stage: key_parts(stage_calls(stage, cfg, **params))[0] for stage, params in STAGES.items()}
+
+
+def _expected(field: str) -> set[str]:
+    return {stage for stage, patterns in EXPECTED.items() if any(fnmatch(field, p) for p in patterns)}
+
+
+def test_every_config_field_changes_exactly_the_stages_that_read_it() -> None:
+    base = GdigConfig()
+    base_keys = _keys(base)
+    wrong = []
+    for path in _leaves(base):
+        field = ".".join(path)
+        expected = _expected(field)
+        if not expected and not any(fnmatch(field, p) for p in NO_STAGE):
+            wrong.append(f"{field}: in neither EXPECTED nor NO_STAGE (which stages should it recompute?)")
+            continue
+        keys = _keys(_changed(base, path))
+        changed = {stage for stage in keys if keys[stage] != base_keys[stage]}
+        if changed != expected:
+            wrong.append(f"{field}: recomputes {sorted(changed)}, expected {sorted(expected)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_selection_key_covers_its_method_and_budget_and_finetune_its_seed() -> None:
+    cfg = GdigConfig()
+
+    def key(stage: str, **params: Any) -> str:
+        return key_parts(stage_calls(stage, cfg, **params))[0]
+
+    assert key("selection", method="gdig", budget=100) != key("selection", method="random", budget=100)
+    assert key("selection", method="gdig", budget=100) != key("selection", method="gdig", budget=200)
+    assert key("finetune", seed=0) != key("finetune", seed=1)
+
+
+#: gdig_core module -> stages whose code fingerprint must change when it is edited.
+_ALL = set(STAGES)
+EXPECTED_CODE: dict[str, set[str]] = {
+    "io": _ALL,
+    "config": _ALL - {"report"},
+    "names": _ALL - {"report"},
+    "prompt_fields": _ALL - {"report"},
+    "integrity": _ALL - {"base-model", "report"},
+    "data": {"data", "reference", "curvature", "finetune", "evaluation"},
+    "encoding": {"data", "reference", "curvature", "precondition", "scoring", "finetune", "evaluation"},
+    "models": {"base-model", "reference", "curvature", "precondition", "scoring", "finetune", "evaluation"},
+    "training": {"reference", "finetune"},
+    "checkpointing": {"reference", "finetune"},
+    "hooks": {"curvature", "precondition", "scoring"},
+    "curvature": {"curvature", "precondition", "scoring"},
+    "influence": {"precondition", "scoring"},
+    "features": {"precondition", "scoring"},
+    "scores": {"precondition", "scoring", "selection"},
+    "selection": {"selection"},
+    "selection_plots": {"selection"},
+    "evaluation": {"evaluation"},
+    "generation": {"evaluation"},
+    "metrics": {"evaluation"},
+    "report": {"report"},
+    "explain": set(), "noise": set(), "noise_eval": set(), "preflight": set(), "__init__": set(),
+}
+
+
+def test_editing_each_core_module_changes_exactly_the_stages_that_import_it(monkeypatch) -> None:
+    cfg = GdigConfig()
+    files = {stage: key_parts(stage_calls(stage, cfg, **params))[1] for stage, params in STAGES.items()}
+    real = stage_cache._cached_fingerprint
+    base = {stage: stage_cache.code_version(f) for stage, f in files.items()}
+    modules = sorted(p.stem for p in (stage_cache.PROJECT_ROOT / "gdig_core").glob("*.py"))
+    unknown = [m for m in modules if m not in EXPECTED_CODE]
+    assert not unknown, f"gdig_core modules missing from EXPECTED_CODE (which stages run them?): {unknown}"
+    wrong = []
+    for module in modules:
+        edited = stage_cache.PROJECT_ROOT / "gdig_core" / f"{module}.py"
+        monkeypatch.setattr(stage_cache, "_cached_fingerprint",
+                            lambda p, edited=edited: "edited" if Path(p) == edited else real(p))
+        monkeypatch.setattr(stage_cache, "_CODE_HASHES", {})
+        changed = {stage for stage, f in files.items() if stage_cache.code_version(f) != base[stage]}
+        if changed != EXPECTED_CODE[module]:
+            wrong.append(f"gdig_core/{module}.py: recomputes {sorted(changed)}, expected {sorted(EXPECTED_CODE[module])}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_config_field_declarations_are_not_code(tmp_path: Path, monkeypatch) -> None:
+    """Adding a setting to config.py must not recompute every stage: its value is in the keys of
+    the stages that read it. A changed method of config.py (language names) still counts."""
+    from tasks import key_derivation
+
+    config = tmp_path / "gdig_core" / "config.py"
+    config.parent.mkdir()
+    monkeypatch.setattr(key_derivation, "PROJECT_ROOT", tmp_path)
+    source = "class S:\n    a: int = 1\n\n    def name(self):\n        return 'x'\n"
+    config.write_text(source)
+    before = key_derivation.source_fingerprint(config)
+    config.write_text(source.replace("    a: int = 1\n", "    a: int = 1\n    b: str = 'new'\n"))
+    assert key_derivation.source_fingerprint(config) == before
+    config.write_text(source.replace("'x'", "'y'"))
+    assert key_derivation.source_fingerprint(config) != before
+
+
+def test_core_calls_must_be_method_functions() -> None:
+    from tasks.publish import publish_outputs
+    from tasks.stage_keys import CoreCall
+
+    with pytest.raises(ValueError, match="gdig_core functions only"):
+        CoreCall(publish_outputs)
