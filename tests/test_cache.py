@@ -133,21 +133,21 @@ def test_shared_cache_entry_keeps_each_callers_labels(tmp_path: Path, monkeypatc
     each still gets its own method/budget labels for the report."""
     import pyarrow as pa
 
-    import gdig_core.training as training
     from gdig_core.config import GdigConfig
     from gdig_core.data import write_pairs
     from tasks.downstream_tasks import finetune_task
     from tasks.stage_cache import StageOutput
+    from tasks.stage_keys import CoreCall
 
     calls = []
 
-    def fake_finetune(cfg, train_cfg, pairs, out_dir, base_model=None, progress=False):  # noqa: ANN001
+    def fake_finetune(self, pairs, out_dir, **kwargs):  # noqa: ANN001 - stands in for training.finetune
         calls.append(pairs.num_rows)
         Path(out_dir).mkdir(parents=True)
         (Path(out_dir) / "weights.bin").write_bytes(b"w" * pairs.num_rows)
         return Path(out_dir)
 
-    monkeypatch.setattr(training, "finetune", fake_finetune)
+    monkeypatch.setattr(CoreCall, "__call__", fake_finetune)
     pairs = pa.table({"id": ["a", "b"], "src_lang": ["de"] * 2, "tgt_lang": ["en"] * 2, "src": ["x", "y"], "tgt": ["X", "Y"]})
     sels = []
     for method in ("gdig", "quality"):

@@ -244,3 +244,21 @@ def test_corrupt_files_name_themselves(tmp_path: Path) -> None:
         load_factors(junk)
     with pytest.raises(CorruptFileError, match=f"^{junk}: cannot read this curvature statistics file"):
         load_stats(junk)
+
+
+def test_gdig_run_on_a_directory_in_use_exits_when_told_to(tmp_path: Path, data_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run_dir)], cwd=PROJECT_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = subprocess.run(
+            [sys.executable, "-m", "gdig_cli.run_cmd", str(TINY), "--set", f"orchestration.run_dir={run_dir}",
+             "--set", f"data.data_dir={data_dir}", "--set", "orchestration.on_locked=fail"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"run directory {run_dir} is in use by pid {holder.pid}" in proc.stderr
+    assert not (run_dir / ".prefect").exists(), "the second run must not start a Prefect server there"
