@@ -35,13 +35,34 @@ def prepare_data_task(cfg: GdigConfig, run_dir: str) -> StageOutput:
     """Read, validate, dedup and sample the pool and seed into Parquet (content hashes in the summary)."""
     from gdig_core.data import prepare_data
 
-    def compute(out: Path, work: Path) -> dict[str, Any]:
-        return prepare_data(cfg.data, out, cfg.prompt.language_names)
+    noise = cfg.data.noise
+    weak = noise.weak_mt if noise is not None and "low_quality_mt" in noise.kinds else None
 
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        translator = None
+        if weak is not None:
+            from gdig_core.weak_mt import weak_translator
+
+            model_cfg = cfg.model.model_copy(update={"name": weak.model})
+            translator = weak_translator(model_cfg, cfg.data.src_lang, cfg.data.tgt_lang,
+                                         batch_size=weak.batch_size, max_new_tokens=weak.max_new_tokens)
+        return prepare_data(cfg.data, out, cfg.prompt.language_names, translator)
+
+    inputs = _raw_inputs(cfg)
+    code = ["gdig_core/data.py", "gdig_core/noise.py"]
+    if noise is not None and noise.third_language is not None:
+        third = noise.third_language
+        inputs |= raw_file_hashes({"third_language": resolve_data_path(cfg.data, third.path),
+                                   "third_language_tgt": resolve_data_path(cfg.data, third.tgt_path) if third.tgt_path else None})
+    if weak is not None:  # the weak system's weights and decoding decide the low_quality_mt targets
+        from gdig_core.models import model_path
+
+        inputs["weak_mt"] = model_fingerprint(model_path(cfg.model.model_copy(update={"name": weak.model})))
+        code += ["gdig_core/weak_mt.py", "gdig_core/generation.py", "gdig_core/encoding.py"]
     result = run_stage(
-        run_dir, "data", _raw_inputs(cfg),
+        run_dir, "data", inputs,
         config_json(cfg, "data", extra={"language_names": cfg.prompt.language_names}),
-        ["gdig_core/data.py"], compute,
+        code, compute,
     )
     summary = result.summary
     artifacts.table(

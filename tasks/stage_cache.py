@@ -107,6 +107,8 @@ class StageOutput(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
     summary: dict[str, Any] = Field(default_factory=dict)
     cached: bool = False
+    #: Wall time of the computation that produced these outputs (whenever it ran).
+    seconds: float | None = None
 
     def path(self, name: str) -> Path:
         return Path(self.dir) / name
@@ -184,7 +186,8 @@ def verify_manifest(root: str | Path) -> dict[str, Any] | None:
 
 def _output(stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool) -> StageOutput:
     files = {rel: meta["sha256"] for rel, meta in manifest["files"].items()}
-    return StageOutput(stage=stage, key=key, dir=str(root), files=files, summary=manifest.get("summary", {}), cached=cached)
+    return StageOutput(stage=stage, key=key, dir=str(root), files=files, summary=manifest.get("summary", {}), cached=cached,
+                       seconds=manifest.get("seconds"))
 
 
 def lookup(run_dir: str | Path, stage: str, key: str) -> StageOutput | None:
