@@ -391,6 +391,9 @@ class EvaluationConfig(Section):
     max_sentences: int | None = Field(default=None, gt=0)
     batch_size: int = Field(default=16, gt=0)
     max_new_tokens: int = Field(default=128, gt=0)
+    #: Per batch, at most this many new tokens per source token (+ 8), so a degenerate row that
+    #: never stops does not hold its batch until max_new_tokens; None: max_new_tokens only.
+    max_new_tokens_ratio: float | None = Field(default=2.5, gt=0)
     num_beams: int = Field(default=1, gt=0)
     #: bf16 autocast while generating; None = on when CUDA with bf16 support is used (CPU: fp32).
     bf16: bool | None = None
