@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                     "without it only the model-free kinds are used")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="JSON file for the table, counts and settings")
+    ap.add_argument("--save-pool", help="also write the corrupted sample here (JSONL, labelled)")
     args = ap.parse_args(argv)
 
     data_cfg = DataConfig(data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang, max_chars=args.max_chars)
@@ -101,11 +102,34 @@ def main(argv: list[str] | None = None) -> int:
         name: {f"p{q}": float(np.percentile(scores[name][clean], q)) for q in (1, 2, 5, 50)}
         for name in ("length_ratio", "copy", "language_id")
     }
+    clean_rejected = {
+        "copy": float((scores["copy"][clean] < COPY_THRESHOLD).mean()),
+        "language_id": float((scores["language_id"][clean] < LID_THRESHOLD).mean()),
+        "combined": float((scores["combined"][clean] < scores["length_ratio"][clean]).mean()),
+    }
+    weak_quality = None
+    if "low_quality_mt" in kinds:
+        import sacrebleu
+
+        picked = [r for r in noisy.to_pylist() if r["noise"] == "low_quality_mt"]
+        hyps, refs = [r["tgt"] for r in picked], [r["original_tgt"] for r in picked]
+        weak_quality = {
+            "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+            "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+            "sentences": len(picked),
+        }
     shown = [*kinds, "all"]
     print(markdown_table(auc, shown))
     counts = Counter(labels.values())
     print("pairs: " + ", ".join(f"{k} {counts[k]}" for k in ["clean", *kinds]))
+    print("clean pairs rejected: " + ", ".join(f"{k} {v:.1%}" for k, v in clean_rejected.items()))
+    if weak_quality:
+        print("weak MT against the references: BLEU {bleu:.1f}, chrF {chrf:.1f} ({sentences} sentences)".format(**weak_quality))
     print(f"corrupting took {corrupt_s:.0f} s; clean-pair score percentiles: {json.dumps(percentiles)}")
+    if args.save_pool:
+        from gdig_core.data import write_jsonl
+
+        write_jsonl(noisy.to_pylist(), args.save_pool)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         report = {
@@ -113,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             "counts": dict(counts),
             "auc": auc,
             "clean_percentiles": percentiles,
+            "clean_rejected": clean_rejected,
+            "weak_mt_quality": weak_quality,
             "corrupt_seconds": corrupt_s,
         }
         Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
