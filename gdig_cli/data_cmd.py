@@ -119,6 +119,9 @@ def run_corrupt(args: argparse.Namespace) -> int:
         raise ConfigError("--mt-hypotheses / --weak-mt feed 'low_quality_mt', which --kinds does not include")
     if not 0.0 <= args.fraction <= 1.0:
         raise ConfigError(f"--fraction must be in [0, 1], got {args.fraction}")
+    # A path (not a model name or hub id) must be a checkpoint directory.
+    if args.weak_mt and args.weak_mt.startswith(("/", ".")) and not Path(args.weak_mt).is_dir():
+        raise ConfigError(f"--weak-mt: no checkpoint directory {args.weak_mt}")
     data_cfg = DataConfig(data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang)
     table = read_dataset(DatasetSpec(path=args.input), data_cfg, "pool").table
     third = None
@@ -127,7 +130,8 @@ def run_corrupt(args: argparse.Namespace) -> int:
     hyps = read_hypotheses(args.mt_hypotheses) if args.mt_hypotheses else None
     translator = None
     if args.weak_mt:
-        translator = weak_translator(ModelConfig(name=args.weak_mt, device=args.device), args.src_lang, args.tgt_lang)
+        model_cfg = ModelConfig(name=args.weak_mt, device=args.device)
+        translator = weak_translator(model_cfg, args.src_lang, args.tgt_lang, progress=True)
     try:
         out = corrupt_pairs(table, args.fraction, kinds, args.seed, third, hyps, translator)
     except (ValueError, OSError) as err:  # a hypothesis missing for a picked pair, a model not found, ...

@@ -23,10 +23,11 @@ of the kept part is unchanged.
 - ``truncated``: a prefix or a suffix (a fair seeded coin) keeping a uniform 30-70% of the
   target's units (at least one unit, at least one dropped). The piece keeps sentence form, as
   segmentation errors do: a prefix ends with the original's final ``.!?`` (a trailing comma,
-  colon, semicolon or dash dropped first), a suffix starts with a capital letter. Rows need at least two target units.
+  colon, semicolon or dash dropped first), a suffix starts with a capital letter. Rows need at
+  least two target units.
 - ``wrong_language``: a sentence in a wrong language of similar length. Half of these rows
-  (seeded; all when no ``third_language_texts`` are given) get another pair's source sentence
-  (the source language, a realistic crawl error), the rest a sentence from
+  (rounded up, seeded; all when no ``third_language_texts`` are given) get another pair's
+  source sentence (the source language, a realistic crawl error), the rest a sentence from
   ``third_language_texts``. The sentence is the unused candidate whose character-length quantile
   within its own collection (ties broken at random) is closest to the original target's
   quantile among the table's targets; never the row's own source or target, and each

@@ -61,11 +61,12 @@ def weak_translator(
     batch_size: int = 16,
     max_new_tokens: int = 96,
     path: str | Path | None = None,
+    progress: bool = False,
 ) -> Callable[[list[str]], list[str]]:
     """A function translating a list of sources, one line each: ``model_cfg``'s model (or the
     checkpoint at ``path``), loaded once on the first call, prompted with ``few_shot_template``,
     greedy. Generation stops at the first newline after text starts (the next example would
-    follow), and BOS is prepended per ``model_cfg.add_bos``."""
+    follow), and BOS is prepended per ``model_cfg.add_bos``. ``progress`` shows a progress bar."""
     # A long prompt limit: cutting an over-long prompt from the left would drop the examples.
     prompt = PromptConfig(template=few_shot_template(src_lang, tgt_lang, shots), max_length=2048)
     cfg = GdigConfig(model=model_cfg, prompt=prompt)
@@ -82,7 +83,7 @@ def weak_translator(
             loaded["model"], loaded["tokenizer"] = load_model(model_cfg, path=path)
         return generate_translations(
             loaded["model"], loaded["tokenizer"], sources, src_lang, tgt_lang, cfg,
-            batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=1,
+            batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=1, progress=progress,
         )
 
     return translate

@@ -311,7 +311,7 @@ def test_weak_translator_loads_once_and_uses_the_few_shot_prompt(tiny_model_dir:
 
 
 @pytest.mark.slow
-def test_gemma_weak_translations_are_english_and_not_the_reference() -> None:
+def test_gemma_weak_translations_are_english_text() -> None:
     from gdig_core.models import GEMMA_ALIAS
     from gdig_core.text_filters import language_id_score
     from gdig_core.weak_mt import weak_translator
@@ -394,6 +394,8 @@ def test_cli_weak_mt_translates_the_picked_rows(tmp_path: Path, pool: pa.Table, 
         (["--kinds", "all"], "needs --mt-hypotheses FILE or --weak-mt MODEL"),
         (["--weak-mt", "gemma-3-270m"], "which --kinds does not include"),
         (["--fraction", "2"], "--fraction must be in [0, 1]"),
+        (["--kinds", "all", "--weak-mt", "./no-such-model"], "--weak-mt: no checkpoint directory ./no-such-model"),
+        (["--kinds", "all", "--weak-mt", "tiny"], "data corrupt: model 'tiny' must be built"),
     ],
 )
 def test_cli_bad_options_are_clear_errors(tmp_path: Path, pool: pa.Table, capsys, extra: list[str], message: str) -> None:
