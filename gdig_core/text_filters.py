@@ -11,6 +11,9 @@ engineer runs before anything expensive, and the baselines a data selection meth
 - ``combined_filter_score``: reject copies (``copy_score < COPY_THRESHOLD``) and wrong target
   language (``language_id_score < LID_THRESHOLD``), rank the rest by length ratio. Rejected pairs
   score ``length_ratio - REJECTED_OFFSET``: below every kept pair, still ordered among themselves.
+
+``rejected(name, score)`` applies one filter's threshold alone (a pre-filter for selection
+methods); the length ratio's, ``LENGTH_RATIO_THRESHOLD``, is not part of the combined score.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ LID_LANGUAGES = ("en", "de", "zh", "cs", "ru", "is", "ja", "fr", "es", "uk", "nl
 COPY_THRESHOLD = 0.5
 #: Below this probability of being in the target language a target is rejected.
 LID_THRESHOLD = 0.5
+#: A target more than twice as long, or less than half as long, as the pool's typical ratio
+#: predicts is rejected by the length pre-filter (the classic factor-2 cleaning rule).
+LENGTH_RATIO_THRESHOLD = -float(np.log(2.0))
 REJECTED_OFFSET = 1000.0
+_THRESHOLDS = {"copy": COPY_THRESHOLD, "language_id": LID_THRESHOLD, "length_ratio": LENGTH_RATIO_THRESHOLD}
 
 
 def length_ratio_score(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
@@ -103,11 +110,19 @@ def combined_filter_score(
     )
 
 
+def rejected(name: str, score: np.ndarray) -> np.ndarray:
+    """Which pairs the filter ``name`` (``copy``, ``language_id`` or ``length_ratio``) rejects,
+    given that filter's scores: those below its threshold."""
+    if name not in _THRESHOLDS:
+        raise ValueError(f"no threshold for filter {name!r}; choose from {', '.join(_THRESHOLDS)}")
+    return np.asarray(score, dtype=np.float64) < _THRESHOLDS[name]
+
+
 def _combine(
     length: np.ndarray, copy: np.ndarray, lid: np.ndarray, copy_threshold: float, lid_threshold: float
 ) -> np.ndarray:
-    rejected = (copy < copy_threshold) | (lid < lid_threshold)
-    return np.where(rejected, length - REJECTED_OFFSET, length)
+    bad = (copy < copy_threshold) | (lid < lid_threshold)
+    return np.where(bad, length - REJECTED_OFFSET, length)
 
 
 def cheap_scores(src: Sequence[str], tgt: Sequence[str], tgt_lang: str) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from gdig_core.text_filters import (
     copy_score,
     language_id_score,
     length_ratio_score,
+    rejected,
 )
 
 SRC = "Der Bürgermeister eröffnete am Montag die neue Brücke über den Fluss."
@@ -65,6 +66,15 @@ def test_combined_filter_rejects_copies_and_wrong_language_then_ranks_by_length(
     assert set(scores) == {"length_ratio", "copy", "language_id", "combined"}
     np.testing.assert_array_equal(scores["combined"], combined)
     np.testing.assert_array_equal(scores["copy"], copy_score(src, tgt))
+
+
+def test_rejected_applies_each_filter_threshold() -> None:
+    np.testing.assert_array_equal(rejected("copy", np.array([0.0, 0.49, 0.5, 1.0])), [True, True, False, False])
+    np.testing.assert_array_equal(rejected("language_id", np.array([0.1, 0.9])), [True, False])
+    # Length: beyond a factor of 2 from the typical ratio.
+    np.testing.assert_array_equal(rejected("length_ratio", -np.array([0.0, 0.69, 0.7, 3.0])), [False, False, True, True])
+    with pytest.raises(ValueError, match="no threshold for filter 'combined'"):
+        rejected("combined", np.zeros(2))
 
 
 def test_rule_auc_table_matches_hand_computation() -> None:
