@@ -222,15 +222,15 @@ def _weak_translations(
 def corrupt_pairs(
     table: pa.Table,
     fraction: float,
-    kinds: Sequence[str] = NOISE_KINDS,
+    kinds: Sequence[str] = MODEL_FREE_KINDS,
     seed: int = 0,
     third_language_texts: Sequence[str] | None = None,
     mt_hypotheses: dict[str, str] | None = None,
     weak_translator: Translator | None = None,
 ) -> pa.Table:
     """Return ``table`` with ``fraction`` of its targets corrupted, split evenly across ``kinds``
-    (see the module doc for each kind), plus columns ``noise`` (kind or ``clean``) and
-    ``original_tgt``.
+    (see the module doc for each kind; by default all but ``low_quality_mt``), plus columns
+    ``noise`` (kind or ``clean``) and ``original_tgt``.
 
     ``low_quality_mt`` needs exactly one of ``mt_hypotheses`` (pair id -> a weak system's
     translation; only the picked rows are looked up) or ``weak_translator`` (called once, with the

@@ -233,6 +233,8 @@ def test_bad_arguments(pool: pa.Table) -> None:
         corrupt_pairs(pool, 0.3, ["low_quality_mt"], mt_hypotheses={}, weak_translator=weak)
     with pytest.raises(ValueError, match="fraction"):
         corrupt_pairs(pool, 1.5)
+    # The default kinds need no translation system.
+    assert set(corrupt_pairs(pool, 0.3).column("noise").to_pylist()) == {"clean", *MODEL_FREE_KINDS}
     with pytest.raises(ValueError, match="repeat"):
         corrupt_pairs(pool, 0.3, ["truncated", "truncated"])
     with pytest.raises(ValueError, match="no noise kinds"):
