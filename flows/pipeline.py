@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from gdig_core.config import GdigConfig
+from gdig_core.config import GdigConfig, MethodSpec
 from tasks import artifacts
 from tasks.data_tasks import base_model_task, prepare_data_task, reference_task
 from tasks.downstream_tasks import evaluate_task, finetune_task, select_task
@@ -56,48 +56,69 @@ def model_flow(config: GdigConfig, run_dir: str, data: StageOutput) -> tuple[Mod
 
 
 @flow(name="curvature", persist_result=False)
-def curvature_flow(config: GdigConfig, run_dir: str, data: StageOutput, reference: Model) -> StageOutput:
-    return curvature_stage(config, run_dir, data, tuple(reference))
+def curvature_flow(
+    config: GdigConfig, run_dir: str, data: StageOutput, reference: Model, model_label: str = "reference"
+) -> StageOutput:
+    return curvature_stage(config, run_dir, data, tuple(reference), model_label)
 
 
 @flow(name="precondition", persist_result=False)
 def precondition_flow(
-    config: GdigConfig, run_dir: str, data: StageOutput, reference: Model, factors: StageOutput
+    config: GdigConfig, run_dir: str, data: StageOutput, reference: Model, factors: StageOutput,
+    model_label: str = "reference",
 ) -> StageOutput:
-    return precondition_task.submit(config, run_dir, data, tuple(reference), factors).result()
+    return precondition_task.submit(config, run_dir, data, tuple(reference), factors, model_label).result()
 
 
 @flow(name="scoring", persist_result=False)
 def scoring_flow(
-    config: GdigConfig, run_dir: str, data: StageOutput, reference: Model, factors: StageOutput, precond: StageOutput
+    config: GdigConfig, run_dir: str, data: StageOutput, reference: Model, factors: StageOutput, precond: StageOutput,
+    model_label: str = "reference",
 ) -> StageOutput:
-    return scoring_stage(config, run_dir, data, tuple(reference), factors, precond)
+    return scoring_stage(config, run_dir, data, tuple(reference), factors, precond, model_label)
 
 
-def _plan(cfg: GdigConfig) -> list[tuple[str, int]]:
-    """(method, budget) pairs; ``full`` ignores the budget, so it runs once."""
-    out: list[tuple[str, int]] = []
-    for method in cfg.selection.methods:
-        for budget in [max(cfg.selection.budgets)] if method == "full" else cfg.selection.budgets:
-            out.append((method, budget))
+def scoring_models(cfg: GdigConfig, base: Model, reference: Model) -> dict[str, Model]:
+    """The models the pool is scored at, by label (``reference`` is the base model itself when
+    reference training is off)."""
+    return {label: (reference if label == "reference" else base) for label in cfg.scoring.models}
+
+
+def _plan(cfg: GdigConfig) -> list[tuple[MethodSpec, int]]:
+    """(method, budget) pairs; a ``full`` method ignores the budget, so it runs once."""
+    out: list[tuple[MethodSpec, int]] = []
+    for spec in cfg.selection.methods:
+        for budget in [max(cfg.selection.budgets)] if spec.method == "full" else cfg.selection.budgets:
+            out.append((spec, budget))
     return out
 
 
 @flow(name="selection", persist_result=False)
-def selection_flow(config: GdigConfig, run_dir: str, data: StageOutput, scores: StageOutput) -> list[StageOutput]:
-    futures = [select_task.submit(config, run_dir, data, scores, m, b) for m, b in _plan(config)]
+def selection_flow(
+    config: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput]
+) -> list[StageOutput]:
+    default = config.scoring.models[0]
+    futures = [select_task.submit(config, run_dir, data, scores[spec.model or default], spec, b)
+               for spec, b in _plan(config)]
     results = [f.result() for f in futures]
     artifacts.table(artifacts.artifact_key("selection-summary"), [
-        {"method": r.summary["method"], "budget": r.summary["budget"], "size": r.summary["size"],
+        {"method": r.summary["method"], "model": r.summary.get("model"), "budget": r.summary["budget"],
+         "size": r.summary["size"], "clean_share": (r.summary.get("noise") or {}).get("clean_share"),
          "shortfall": r.summary.get("shortfall"), "cached": r.cached} for r in results
-    ], "Selections: sizes and shortfalls per method and budget")
+    ], "Selections: sizes, clean shares and shortfalls per method and budget")
     return results
+
+
+def finetune_seeds(cfg: GdigConfig, method: str) -> list[int]:
+    """The finetuning seeds of a selection: its method's own, else finetune.seeds."""
+    spec = next((m for m in cfg.selection.methods if m.name == method), None)
+    return spec.finetune_seeds if spec is not None and spec.finetune_seeds else cfg.finetune.seeds
 
 
 @flow(name="finetune", persist_result=False)
 def finetune_flow(config: GdigConfig, run_dir: str, base: Model, selections: list[StageOutput]) -> list[StageOutput]:
     futures = [finetune_task.submit(config, run_dir, tuple(base), s, seed)
-               for s in selections for seed in config.finetune.seeds]
+               for s in selections for seed in finetune_seeds(config, s.summary["method"])]
     results = [f.result() for f in futures]
     artifacts.table(artifacts.artifact_key("finetune-summary"), [
         {k: r.summary.get(k) for k in ("method", "budget", "size", "seed")} | {"cached": r.cached} for r in results
@@ -128,14 +149,16 @@ def evaluation_flow(config: GdigConfig, run_dir: str, base: Model, models: list[
 
 @flow(name="report", persist_result=False)
 def report_flow(
-    config: GdigConfig, run_dir: str, data: StageOutput, selections: list[StageOutput], evaluations: list[StageOutput]
+    config: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput],
+    selections: list[StageOutput], evaluations: list[StageOutput], stages: list[StageOutput], command: str | None = None,
 ) -> StageOutput:
-    return report_task.submit(config, run_dir, data, selections, evaluations).result()
+    return report_task.submit(config, run_dir, data, scores, selections, evaluations, stages, command).result()
 
 
 @flow(name="gdig-pipeline", persist_result=False, log_prints=True)
-def gdig_pipeline(config: GdigConfig = GdigConfig()) -> dict[str, Any]:  # noqa: B008 - a default form in the UI
-    """Run every stage; return where the report, selections, scores and records are."""
+def gdig_pipeline(config: GdigConfig = GdigConfig(), command: str | None = None) -> dict[str, Any]:  # noqa: B008 - a default form in the UI
+    """Run every stage; return where the report, selections, scores and records are. ``command``
+    (the CLI passes its own) is quoted in the report."""
     log = get_run_logger()
     cfg = config
     run_dir = str(Path(cfg.orchestration.run_dir).resolve())
@@ -146,9 +169,13 @@ def gdig_pipeline(config: GdigConfig = GdigConfig()) -> dict[str, Any]:  # noqa:
 
     data = data_flow.with_options(**opts)(cfg, run_dir)
     base, reference = model_flow.with_options(**opts)(cfg, run_dir, data)
-    factors = curvature_flow.with_options(**opts)(cfg, run_dir, data, reference)
-    precond = precondition_flow.with_options(**opts)(cfg, run_dir, data, reference, factors)
-    scores = scoring_flow.with_options(**opts)(cfg, run_dir, data, reference, factors, precond)
+    scores: dict[str, StageOutput] = {}
+    stages: list[StageOutput] = [data]
+    for label, model in scoring_models(cfg, base, reference).items():
+        factors = curvature_flow.with_options(**opts)(cfg, run_dir, data, model, label)
+        precond = precondition_flow.with_options(**opts)(cfg, run_dir, data, model, factors, label)
+        scores[label] = scoring_flow.with_options(**opts)(cfg, run_dir, data, model, factors, precond, label)
+        stages += [factors, precond, scores[label]]
     selections = selection_flow.with_options(**opts)(cfg, run_dir, data, scores)
     models: list[StageOutput] = []
     evaluations: list[StageOutput] = []
@@ -156,8 +183,10 @@ def gdig_pipeline(config: GdigConfig = GdigConfig()) -> dict[str, Any]:  # noqa:
         models = finetune_flow.with_options(task_runner=_serial())(cfg, run_dir, base, selections)
     if cfg.evaluation.enabled:
         evaluations = evaluation_flow.with_options(task_runner=_serial())(cfg, run_dir, base, models)
-    report = report_flow.with_options(**opts)(cfg, run_dir, data, selections, evaluations)
-    outputs = publish_outputs(run_dir, data, scores, selections, report, records)
+    stages += [*selections, *models, *evaluations]
+    report = report_flow.with_options(**opts)(cfg, run_dir, data, scores, selections, evaluations, stages, command)
+    primary = scores[cfg.scoring.models[0]]
+    outputs = publish_outputs(run_dir, data, primary, selections, report, records)
     # On the pipeline run itself, so its Artifacts tab shows the result without opening subflows.
     text = Path(outputs["report"]).read_text(encoding="utf-8")
     # The UI cannot load a relative image; point at the file instead.

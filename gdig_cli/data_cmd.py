@@ -1,4 +1,5 @@
-"""``gdig data check``: validate dataset files and print what a pipeline run would see."""
+"""``gdig data check``: validate dataset files and print what a pipeline run would see.
+``gdig data corrupt``: inject labelled, realistic noise into a pool (``gdig_core.noise``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
-from gdig_core.config import ConfigError, DataConfig, DatasetSpec
+from gdig_core.config import ConfigError, DataConfig, DatasetSpec, ModelConfig
 from gdig_core.data import DataError, read_dataset, write_jsonl
-from gdig_core.noise import NOISE_KINDS, corrupt_pairs
+from gdig_core.noise import MODEL_FREE_KINDS, NOISE_KINDS, corrupt_pairs
 
 
 def positive_int(text: str) -> int:
@@ -20,58 +21,6 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def noise_kinds(text: str) -> list[str]:
-    """argparse type: a comma list of known noise kinds, at least one."""
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    if not kinds:
-        raise argparse.ArgumentTypeError(f"no noise kind given; choose from {', '.join(NOISE_KINDS)}")
-    unknown = [k for k in kinds if k not in NOISE_KINDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown noise kind {unknown[0]!r}; choose from {', '.join(NOISE_KINDS)}")
-    return kinds
-
-
-def read_hypotheses(path: str) -> dict[str, str]:
-    """``{id: hyp}`` from a JSONL file of ``{"id": ..., "hyp": ...}``; a bad line is a DataError
-    naming file, line and field."""
-    hyps: dict[str, str] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(path, None, None, "no such file or directory") from None
-    except UnicodeDecodeError as err:
-        raise DataError(path, None, None, f"not UTF-8 text (byte {err.start})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, number, None, f"broken JSON: {err.msg} at column {err.colno}") from None
-        if not isinstance(row, dict):
-            raise DataError(path, number, None, "a JSON line must be an object with 'id' and 'hyp'")
-        for field in ("id", "hyp"):
-            if field not in row:
-                raise DataError(path, number, field, "missing")
-        if not isinstance(row["hyp"], str):
-            raise DataError(path, number, "hyp", f"must be a string, got {type(row['hyp']).__name__}")
-        hyps[str(row["id"])] = row["hyp"]
-    if not hyps:
-        raise DataError(path, None, None, "no hypotheses in the file")
-    return hyps
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -98,16 +47,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     corrupt.add_argument("input", help="pool file (any readable format)")
     corrupt.add_argument("output", help="JSONL out: the pairs plus 'noise' (kind or clean) and 'original_tgt'")
-    corrupt.add_argument("--fraction", type=fraction, default=0.3)
+    corrupt.add_argument("--fraction", type=float, default=0.3)
     corrupt.add_argument("--seed", type=int, default=0)
-    corrupt.add_argument("--kinds", type=noise_kinds, default=list(NOISE_KINDS[:4]),
-                         help=f"comma list of {', '.join(NOISE_KINDS)} (default: the first four)")
+    corrupt.add_argument(
+        "--kinds",
+        default=",".join(MODEL_FREE_KINDS),
+        help=f"comma list of {', '.join(NOISE_KINDS)}, or 'all' (default: all but low_quality_mt)",
+    )
     corrupt.add_argument("--src-lang", default="de")
     corrupt.add_argument("--tgt-lang", default="en")
     corrupt.add_argument("--third-language", help="text file, one sentence a line, for 'wrong_language' targets")
-    corrupt.add_argument(
+    weak = corrupt.add_mutually_exclusive_group()
+    weak.add_argument(
         "--mt-hypotheses", help="JSONL of {id, hyp}: a weak system's translations, for 'low_quality_mt'"
     )
+    weak.add_argument(
+        "--weak-mt",
+        metavar="MODEL",
+        help="translate the rows picked for 'low_quality_mt' with this model, few-shot and greedy "
+        "(gemma-3-270m, a hub id or a checkpoint dir)",
+    )
+    corrupt.add_argument("--device", default="auto", help="device for --weak-mt (auto, cpu, cuda)")
     corrupt.set_defaults(func=run_corrupt)
 
 
@@ -146,19 +106,49 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_kinds(text: str) -> list[str]:
+    """``--kinds``: a comma list of noise kinds, or ``all``."""
+    if text.strip() == "all":
+        return list(NOISE_KINDS)
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    if not kinds:
+        raise ConfigError(f"--kinds: no noise kind in {text!r}; choose from {', '.join(NOISE_KINDS)} or 'all'")
+    unknown = [k for k in kinds if k not in NOISE_KINDS]
+    if unknown:
+        raise ConfigError(f"--kinds: unknown noise kind(s) {', '.join(unknown)}; choose from {', '.join(NOISE_KINDS)}")
+    return kinds
+
+
 def run_corrupt(args: argparse.Namespace) -> int:
+    from gdig_core.weak_mt import read_hypotheses, weak_translator
+
+    kinds = parse_kinds(args.kinds)
+    weak_source = args.mt_hypotheses or args.weak_mt
+    if "low_quality_mt" in kinds and not weak_source:
+        raise ConfigError("noise kind 'low_quality_mt' needs --mt-hypotheses FILE or --weak-mt MODEL")
+    if weak_source and "low_quality_mt" not in kinds:
+        raise ConfigError("--mt-hypotheses / --weak-mt feed 'low_quality_mt', which --kinds does not include")
+    if not 0.0 <= args.fraction <= 1.0:
+        raise ConfigError(f"--fraction must be in [0, 1], got {args.fraction}")
+    # A path (not a model name or hub id) must be a checkpoint directory.
+    if args.weak_mt and args.weak_mt.startswith(("/", ".")) and not Path(args.weak_mt).is_dir():
+        raise ConfigError(f"--weak-mt: no checkpoint directory {args.weak_mt}")
     data_cfg = DataConfig(data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang)
     table = read_dataset(DatasetSpec(path=args.input), data_cfg, "pool").table
-    kinds = args.kinds
-    if "low_quality_mt" in kinds and not args.mt_hypotheses:
-        raise ConfigError("--kinds low_quality_mt needs --mt-hypotheses (JSONL of {id, hyp})")
     third = None
     if args.third_language:
         if not Path(args.third_language).is_file():
             raise DataError(args.third_language, None, None, "no such file (--third-language)")
         third = [x for x in Path(args.third_language).read_text(encoding="utf-8").splitlines() if x.strip()]
     hyps = read_hypotheses(args.mt_hypotheses) if args.mt_hypotheses else None
-    out = corrupt_pairs(table, args.fraction, kinds, args.seed, third, hyps)
+    translator = None
+    if args.weak_mt:
+        model_cfg = ModelConfig(name=args.weak_mt, device=args.device)
+        translator = weak_translator(model_cfg, args.src_lang, args.tgt_lang, progress=True)
+    try:
+        out = corrupt_pairs(table, args.fraction, kinds, args.seed, third, hyps, translator)
+    except (ValueError, OSError) as err:  # a hypothesis missing for a picked pair, a model not found, ...
+        raise ConfigError(f"data corrupt: {err}") from err
     write_jsonl(out.to_pylist(), args.output)
     counts: dict[str, int] = {}
     for label in out.column("noise").to_pylist():

@@ -23,7 +23,6 @@ from gdig_core.explain import (
     explain_candidate,
     format_explanation,
 )
-from gdig_core.selection import METHODS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
     p.add_argument("id", metavar="ID", help="candidate id (the pool's id column)")
-    p.add_argument("--method", choices=METHODS, help="only this selection method (default: all found)")
+    p.add_argument("--method", help="only the selection of this method name (default: all found)")
     p.add_argument("--budget", type=int, help="only this budget (default: all found)")
     p.add_argument("--scores", help=f"score shard glob (default: outputs.json, else {DEFAULT_SCORES})")
     p.add_argument("--pool", help=f"pool pairs Parquet (default: outputs.json, else {DEFAULT_POOL})")

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
             from flows.pipeline import gdig_pipeline
 
             try:
-                outputs = gdig_pipeline(config=cfg)
+                command = " ".join(["gdig run", args.config, *(f"--set {o}" for o in args.overrides)])
+                outputs = gdig_pipeline(config=cfg, command=command)
             except Exception as err:  # noqa: BLE001 - the flow run's logs hold the traceback
                 print(f"gdig: the pipeline failed: {type(err).__name__}: {err}", file=sys.stderr)
                 return 1

@@ -59,11 +59,49 @@ class DatasetSpec(Section):
     tgt_lang: str | None = None
     #: Take at most this many rows (deterministic: the first after a seeded shuffle).
     sample: int | None = Field(default=None, gt=0)
+    #: Keep only pairs whose source and target are both at most this many characters, before
+    #: sampling (a size filter for experiments; the rows left out are counted, not quarantined).
+    max_chars: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _parallel_needs_target(self) -> DatasetSpec:
         if self.format == "parallel" and not self.tgt_path:
             raise ValueError("format 'parallel' needs tgt_path (the line-aligned target file)")
+        return self
+
+
+class WeakMTConfig(Section):
+    """The weak system whose translations become ``low_quality_mt`` noise (few-shot, greedy)."""
+
+    model: str = "gemma-3-270m"
+    batch_size: int = Field(default=16, gt=0)
+    max_new_tokens: int = Field(default=96, gt=0)
+
+
+class NoiseConfig(Section):
+    """Labelled noise injected into the pool after sampling (experiments: see gdig_core.noise).
+
+    The labels go to ``noise_labels.parquet``; reports then show each method's clean share and
+    each score's ROC AUC per noise kind.
+    """
+
+    fraction: float = Field(default=0.3, ge=0, le=1)
+    kinds: list[str] = Field(
+        default_factory=lambda: ["misaligned", "source_copy", "truncated", "wrong_language", "partial_translation"]
+    )
+    seed: int = 0
+    #: Text file (one sentence a line) or dataset whose sources are the third-language targets of
+    #: ``wrong_language``; None: the source language only.
+    third_language: DatasetSpec | None = None
+    #: Needed when ``kinds`` holds ``low_quality_mt``.
+    weak_mt: WeakMTConfig | None = None
+
+    @model_validator(mode="after")
+    def _weak_mt_when_needed(self) -> NoiseConfig:
+        if "low_quality_mt" in self.kinds and self.weak_mt is None:
+            raise ValueError("noise kind 'low_quality_mt' needs data.noise.weak_mt (the weak system)")
+        if not self.kinds:
+            raise ValueError("data.noise.kinds is empty")
         return self
 
 
@@ -80,6 +118,8 @@ class DataConfig(Section):
     #: Longest allowed source or target, in characters.
     max_chars: int = Field(default=1000, gt=0)
     sample_seed: int = 0
+    #: Inject labelled noise into the (sampled) pool: for measuring what selection removes.
+    noise: NoiseConfig | None = None
 
 
 class PromptConfig(Section):
@@ -189,12 +229,100 @@ class ScoringConfig(Section):
     #: Mixed precision for scoring ("bfloat16" on GPUs): forward/backward and the score products run
     #: in it, with fp32 accumulation of the benefit; preconditioning itself stays fp32.
     autocast: Literal["none", "bfloat16", "float16"] = "none"
+    #: Extra score variants computed in the same pass, ``<curvature>-<normalisation>`` (see
+    #: gdig_core.variants): curvature ekfac/kfac/identity, normalisation raw/token/cosine. The
+    #: primary variant ``<curvature.method>-raw`` always fills the main benefit columns.
+    variants: list[str] = Field(default_factory=list)
+    #: The models the pool is scored at: ``reference`` (the pool-finetuned model of step 1; the
+    #: base model itself when reference.enabled is false) and/or ``base``. Selection methods name
+    #: the one they use (default: the first).
+    models: list[Literal["reference", "base"]] = Field(default_factory=lambda: ["reference"])
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value: list[str]) -> list[str]:
+        from gdig_core.variants import parse_variant
+
+        for name in value:
+            parse_variant(name)
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _models_listed_once(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("scoring.models must list 'reference' and/or 'base', each once")
+        return value
+
+
+#: Selection methods (see gdig_core.selection): influence-based, baselines, cheap filters, oracle.
+METHOD_KINDS = (
+    "gdig", "quality", "diversity", "random", "full",
+    "nll", "length_ratio", "copy", "language_id", "cheap", "oracle",
+)
+MethodKind = Literal[
+    "gdig", "quality", "diversity", "random", "full",
+    "nll", "length_ratio", "copy", "language_id", "cheap", "oracle",
+]
+
+
+class MethodSpec(Section):
+    """One selection method as the pipeline runs it: a built-in kind with optional overrides.
+
+    A plain string in ``selection.methods`` is ``{name: s, method: s}``. ``name`` labels the
+    selection (directories, report rows) and must be a safe file name.
+    """
+
+    name: SafeName
+    method: MethodKind
+    #: Score variant for the influence methods (gdig, quality); None: the primary variant.
+    variant: str | None = None
+    #: Scoring model for influence and NLL methods; None: the first of scoring.models.
+    model: Literal["reference", "base"] | None = None
+    #: Overrides of the selection section for this method only.
+    quality_rule: Literal["fraction", "topk", "min_mean"] | None = None
+    tau: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, gt=0)
+    min_mean: float | None = None
+    shortfall: Literal["take_all", "top_up"] | None = None
+    seed: int | None = None
+    #: Cheap filters applied before the method: candidates they reject are not eligible.
+    prefilter: list[Literal["copy", "language_id", "length_ratio"]] = Field(default_factory=list)
+    #: Finetuning seeds for this selection; None: finetune.seeds.
+    finetune_seeds: list[int] | None = None
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str | None) -> str | None:
+        if value is not None:
+            from gdig_core.variants import parse_variant
+
+            parse_variant(value)
+        return value
+
+    @field_validator("finetune_seeds")
+    @classmethod
+    def _some_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and not value:
+            raise ValueError("finetune_seeds must not be empty (leave it out to use finetune.seeds)")
+        return value
+
+
+def method_spec(item: str | MethodSpec | dict) -> MethodSpec:
+    """A ``selection.methods`` entry as a MethodSpec."""
+    if isinstance(item, MethodSpec):
+        return item
+    if isinstance(item, str):
+        return MethodSpec(name=item, method=item)  # type: ignore[arg-type]
+    return MethodSpec.model_validate(item)
 
 
 class SelectionConfig(Section):
     budgets: list[int] = Field(default_factory=lambda: [100])
-    methods: list[Literal["gdig", "quality", "diversity", "random", "full"]] = Field(
-        default_factory=lambda: ["gdig", "quality", "diversity", "random", "full"], min_length=1
+    #: Method names (built-in kinds) or specs ``{name, method, variant, model, tau, ...}``
+    #: (see MethodSpec); names must be unique.
+    methods: list[MethodSpec] = Field(
+        default_factory=lambda: [method_spec(m) for m in ("gdig", "quality", "diversity", "random", "full")]
     )
     #: fraction: benefit_frac_pos >= tau (the paper); topk: the top_k by mean benefit;
     #: min_mean: benefit_mean >= min_mean. Every rule ranks the quality set by mean benefit.
@@ -216,6 +344,24 @@ class SelectionConfig(Section):
     shortfall: Literal["take_all", "top_up"] = "top_up"
     seed: int = 0
 
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _specs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v, "method": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_names(cls, value: list[MethodSpec]) -> list[MethodSpec]:
+        if not value:
+            raise ValueError("selection.methods is empty")
+        names = [m.name for m in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"selection method names must be unique: {dup}")
+        return value
+
     @field_validator("budgets")
     @classmethod
     def _positive_budgets(cls, value: list[int]) -> list[int]:
@@ -235,6 +381,8 @@ class FinetuneConfig(Section):
 class TestSetSpec(DatasetSpec):
     #: Becomes the directory of the test set's outputs: a safe name (gdig_core.names).
     name: SafeName
+    #: Evaluate on the first N sentences of this set (overrides evaluation.max_sentences).
+    max_sentences: int | None = Field(default=None, gt=0)
 
 
 class EvaluationConfig(Section):
@@ -248,12 +396,18 @@ class EvaluationConfig(Section):
     max_sentences: int | None = Field(default=None, gt=0)
     batch_size: int = Field(default=16, gt=0)
     max_new_tokens: int = Field(default=128, gt=0)
+    #: Per batch, at most this many new tokens per source token (+ 8), so a degenerate row that
+    #: never stops does not hold its batch until max_new_tokens; None: max_new_tokens only.
+    max_new_tokens_ratio: float | None = Field(default=2.5, gt=0)
     num_beams: int = Field(default=1, gt=0)
     #: bf16 autocast while generating; None = on when CUDA with bf16 support is used (CPU: fp32).
     bf16: bool | None = None
     #: A local COMET checkpoint (file or model dir); None skips COMET, with a note in the results.
     comet_model: str | None = None
     zero_shot: bool = True
+    #: Also report the mean per-token NLL of each reference under the model (teacher forcing):
+    #: cheap, and more sensitive than BLEU on small test sets.
+    reference_nll: bool = True
 
     @model_validator(mode="after")
     def _test_sets_named_once(self) -> EvaluationConfig:

@@ -299,15 +299,50 @@ class Factors:
                 store[name] = t.to(device)
         return self
 
+    def rotate(self, name: str, grad: Tensor) -> Tensor:
+        """``Q_G^T grad Q_A``: a stack of layer gradients [S, out, in] in the Kronecker eigenbasis."""
+        q_g = self.q_g[name].to(grad.device, grad.dtype)
+        q_a = self.q_a[name].to(grad.device, grad.dtype)
+        return q_g.T @ grad @ q_a
+
+    def precondition_rotated(self, name: str, rotated: Tensor) -> Tensor:
+        """``H^-1 grad`` from the gradient already rotated by :meth:`rotate`."""
+        q_g = self.q_g[name].to(rotated.device, rotated.dtype)
+        q_a = self.q_a[name].to(rotated.device, rotated.dtype)
+        return q_g @ (rotated * self.inv_lambda[name].to(rotated.device, rotated.dtype)) @ q_a.T
+
     def precondition(self, name: str, grad: Tensor) -> Tensor:
         """``H^-1 grad`` for a stack of layer gradients ``grad`` [S, out, in] (same shape back)."""
         if self.method == "identity":
             return grad
-        q_g = self.q_g[name].to(grad.device, grad.dtype)
-        q_a = self.q_a[name].to(grad.device, grad.dtype)
-        rotated = q_g.T @ grad @ q_a
-        rotated = rotated * self.inv_lambda[name].to(grad.device, grad.dtype)
-        return q_g @ rotated @ q_a.T
+        return self.precondition_rotated(name, self.rotate(name, grad))
+
+
+def same_eigenbasis(a: Factors, b: Factors, name: str) -> bool:
+    """Whether two factor sets rotate layer ``name`` the same way (EK-FAC and K-FAC from one fit,
+    after :func:`share_eigenbases`)."""
+    if a.method == "identity" or b.method == "identity":
+        return False
+    # Identity of the tensors, not equality: share_eigenbases() made equal ones the same object
+    # once, instead of comparing [in, in] matrices at every batch.
+    return a.q_a[name] is b.q_a[name] and a.q_g[name] is b.q_g[name]
+
+
+def precondition_many(factors: dict[str, Factors], name: str, grad: Tensor) -> dict[str, Tensor]:
+    """``H^-1 grad`` under several factor sets; the rotation into an eigenbasis they share is done
+    once (it is most of the cost: two dense products per seed and layer)."""
+    out: dict[str, Tensor] = {}
+    rotated: list[tuple[Factors, Tensor]] = []
+    for key, f in factors.items():
+        if f.method == "identity":
+            out[key] = grad
+            continue
+        shared = next((r for g, r in rotated if same_eigenbasis(f, g, name)), None)
+        if shared is None:
+            shared = f.rotate(name, grad)
+            rotated.append((f, shared))
+        out[key] = f.precondition_rotated(name, shared)
+    return out
 
 
 def finalize_factors(
@@ -315,14 +350,18 @@ def finalize_factors(
     modules: Sequence[str],
     eigen: dict[str, Tensor] | None = None,
     lam_stats: dict[str, Tensor] | None = None,
+    method: str | None = None,
 ) -> Factors:
     """Combine eigendecompositions (and, for EK-FAC, the Lambda statistics) with damping.
 
     ``damping_mode`` relative: ``damping = damping_factor * mean(Lambda)`` per layer (Lambda is
     the EK-FAC diagonal or, for K-FAC, the eigenvalue products ``eG eA^T``); absolute:
-    ``damping = damping_factor``. Computed in fp64 like kronfluence, stored fp32.
+    ``damping = damping_factor``. Computed in fp64 like kronfluence, stored fp32. ``method``
+    (default ``cfg.method``) picks the preconditioner: K-FAC needs only the eigendecomposition,
+    so factors of an EK-FAC fit also give the K-FAC (and identity) variants.
     """
     modules = list(modules)
+    cfg = cfg if method is None else cfg.model_copy(update={"method": method})
     if cfg.method == "identity":
         return Factors(method="identity", modules=modules)
     if eigen is None:
@@ -394,3 +433,37 @@ def fit_factors(
     eigen = eigendecompose(covariance_stats(model, batches_fn(), tracked, cfg), cfg)
     lam = lambda_stats(model, batches_fn(), tracked, eigen, cfg) if cfg.method == "ekfac" else None
     return finalize_factors(cfg, modules, eigen, lam)
+
+
+def fit_factor_set(
+    model: nn.Module,
+    batches_fn: Callable[[], Batches],
+    tracked: dict[str, nn.Linear],
+    cfg: CurvatureConfig,
+    methods: Sequence[str],
+) -> dict[str, Factors]:
+    """:func:`fit_factors` for several preconditioners from one fit (EK-FAC's second pass runs
+    only when ``ekfac`` is among ``methods``); the factor sets share their eigenbases."""
+    modules = list(tracked)
+    eigen = lam = None
+    if any(m != "identity" for m in methods):
+        eigen = eigendecompose(covariance_stats(model, batches_fn(), tracked, cfg), cfg)
+    if "ekfac" in methods:
+        lam = lambda_stats(model, batches_fn(), tracked, eigen, cfg)
+    out = {m: finalize_factors(cfg, modules, eigen, lam, method=m) for m in methods}
+    return share_eigenbases(out)
+
+
+def share_eigenbases(factors: dict[str, Factors]) -> dict[str, Factors]:
+    """Make factor sets with equal eigenbases hold the same tensors (K-FAC and EK-FAC files of one
+    fit), so :func:`precondition_many` recognises the shared rotation without comparing."""
+    seen: list[Factors] = []
+    for f in factors.values():
+        if f.method == "identity":
+            continue
+        for g in seen:
+            for name in f.modules:
+                if name in g.q_a and torch.equal(f.q_a[name], g.q_a[name]) and torch.equal(f.q_g[name], g.q_g[name]):
+                    f.q_a[name], f.q_g[name] = g.q_a[name], g.q_g[name]
+        seen.append(f)
+    return factors

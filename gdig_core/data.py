@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -307,8 +307,12 @@ def read_dataset(
             raise item.as_error()
         problems.append(item)
 
+    filtered = 0
+    if spec.max_chars is not None:
+        kept_rows = [r for r in rows if len(r["src"]) <= spec.max_chars and len(r["tgt"]) <= spec.max_chars]
+        filtered, rows = len(rows) - len(kept_rows), kept_rows
     if not rows:
-        raise DataError(path, None, None, f"no valid pairs: {_problem_summary(problems, rows_read)}")
+        raise DataError(path, None, None, f"no valid pairs: {_problem_summary(problems, rows_read, filtered)}")
     if spec.sample is not None and spec.sample < len(rows):
         keep = np.sort(np.random.default_rng(data_cfg.sample_seed).permutation(len(rows))[: spec.sample])
         rows = [rows[i] for i in keep]
@@ -320,6 +324,7 @@ def read_dataset(
         "rows_read": rows_read,
         "rows_kept": table.num_rows,
         "duplicates_removed": duplicates,
+        "filtered_by_length": filtered,
         "quarantined": len(problems),
         "quarantined_by_reason": dict(Counter(_reason_key(p.reason) for p in problems)),
         "languages": dict(Counter(f"{r['src_lang']}-{r['tgt_lang']}" for r in rows)),
@@ -336,10 +341,11 @@ def read_dataset(
     )
 
 
-def _problem_summary(problems: list[RowProblem], rows_read: int) -> str:
+def _problem_summary(problems: list[RowProblem], rows_read: int, too_long: int = 0) -> str:
     """Why every row was rejected: counts per reason and the first example of each."""
+    longer = f"; {too_long} longer than the dataset's max_chars" if too_long else ""
     if not problems:
-        return f"{rows_read} rows read, none of them a pair (an empty file?)"
+        return f"{rows_read} rows read, none of them a valid pair{longer or ' (an empty file?)'}"
     first: dict[str, RowProblem] = {}
     counts: Counter[str] = Counter()
     for p in problems:
@@ -351,7 +357,7 @@ def _problem_summary(problems: list[RowProblem], rows_read: int) -> str:
         + (f", field '{first[key].field}'" if first[key].field else "") + f": {first[key].reason})"
         for key, n in counts.most_common()
     ]
-    return f"all {len(problems)} rows quarantined: " + "; ".join(parts)
+    return f"{len(problems)} rows quarantined: " + "; ".join(parts) + longer
 
 
 def _reason_key(reason: str) -> str:
@@ -392,9 +398,42 @@ def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def prepare_data(data_cfg: DataConfig, out_dir: str | Path, language_names: dict[str, str] | None = None) -> dict:
+def inject_noise(
+    table: pa.Table,
+    data_cfg: DataConfig,
+    language_names: dict[str, str] | None = None,
+    weak_translator: Callable[[list[str]], list[str]] | None = None,
+) -> tuple[pa.Table, dict[str, str]]:
+    """Corrupt the pool per ``data_cfg.noise`` (gdig_core.noise): the pair table with the
+    corrupted targets, and id -> label (``clean`` or the noise kind)."""
+    from gdig_core.noise import corrupt_pairs
+
+    noise = data_cfg.noise
+    assert noise is not None
+    third = None
+    if noise.third_language is not None:
+        third = read_dataset(noise.third_language, data_cfg, "pool", language_names).table.column("src").to_pylist()
+    if "low_quality_mt" in noise.kinds and weak_translator is None:
+        raise ValueError("noise kind 'low_quality_mt' needs a weak translator (data.noise.weak_mt)")
+    out = corrupt_pairs(table, noise.fraction, noise.kinds, noise.seed, third_language_texts=third,
+                        weak_translator=weak_translator)
+    labels = dict(zip(out.column("id").to_pylist(), out.column("noise").to_pylist(), strict=True))
+    return out.select(list(PAIR_FIELDS)).cast(PAIR_SCHEMA), labels
+
+
+def prepare_data(
+    data_cfg: DataConfig,
+    out_dir: str | Path,
+    language_names: dict[str, str] | None = None,
+    weak_translator: Callable[[list[str]], list[str]] | None = None,
+) -> dict:
     """Read pool and seed, write ``pool.parquet``, ``seed.parquet``, ``quarantine.jsonl`` and
-    ``data_summary.json`` into ``out_dir``; return the summary (with content hashes)."""
+    ``data_summary.json`` into ``out_dir``; return the summary (with content hashes).
+
+    With ``data_cfg.noise`` the (sampled) pool is corrupted after dedup and the seed-overlap
+    check, and ``noise_labels.parquet`` records every row's label; ``weak_translator`` produces
+    the ``low_quality_mt`` targets (only for the rows that get that kind).
+    """
     out = Path(out_dir)
     pool = read_dataset(data_cfg.pool, data_cfg, "pool", language_names)
     seed = read_dataset(data_cfg.seed, data_cfg, "seed", language_names)
@@ -415,11 +454,18 @@ def prepare_data(data_cfg: DataConfig, out_dir: str | Path, language_names: dict
         pool.stats["quarantined_by_reason"]["source also in the seed set"] = len(pool_ids)
         pool.stats["rows_kept"] = pool.table.num_rows
         pool.stats["content_hash"] = table_sha256(pool.table)
+    kept = set(pool.table.column("id").to_pylist())
+    labels = {i: label for i, label in pool.noise_labels.items() if i in kept}
+    if data_cfg.noise is not None:
+        if labels:
+            raise DataError(pool.stats["file"], None, "noise", "the pool already carries noise labels; "
+                            "data.noise would corrupt it twice (remove one)")
+        pool.table, labels = inject_noise(pool.table, data_cfg, language_names, weak_translator)
+        pool.stats["noise_labels"] = dict(Counter(labels.values()))
+        pool.stats["content_hash"] = table_sha256(pool.table)
     write_pairs(pool.table, out / "pool.parquet")
     write_pairs(seed.table, out / "seed.parquet")
     write_jsonl(pool.quarantine, out / "quarantine.jsonl")
-    kept = set(pool.table.column("id").to_pylist())
-    labels = {i: label for i, label in pool.noise_labels.items() if i in kept}
     if labels:
         # Only experiments with injected noise have these; the report uses them for clean shares.
         with atomic_path(out / "noise_labels.parquet") as tmp:

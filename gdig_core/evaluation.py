@@ -63,12 +63,12 @@ def standard_test_sets(src_lang: str, tgt_lang: str) -> list[TestSetSpec]:
 
 
 def load_test_set(cfg: GdigConfig, spec: TestSetSpec) -> EvalSet:
-    """Read a test set with the data layer (every line kept, no dedup), cut to
-    ``evaluation.max_sentences`` (the first N lines) when set."""
+    """Read a test set with the data layer (every line kept, no dedup), cut to the first N lines
+    when the set's ``max_sentences`` (or else ``evaluation.max_sentences``) is set."""
     from gdig_core.data import read_dataset
 
     table = read_dataset(spec, cfg.data, "test", cfg.prompt.language_names).table
-    limit = cfg.evaluation.max_sentences
+    limit = spec.max_sentences or cfg.evaluation.max_sentences
     if limit is not None and table.num_rows > limit:
         table = table.slice(0, limit)
     src_langs = set(table.column("src_lang").to_pylist())
@@ -145,6 +145,39 @@ def _add_comet(results: dict[str, dict[str, Any]], tests: list[EvalSet], hyps: d
             atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
 
 
+def reference_nll(model: Any, tokenizer: Any, test: EvalSet, cfg: GdigConfig) -> dict[str, Any]:
+    """Mean NLL per reference token given the prompt (teacher forcing, the training loss):
+    ``ref_nll`` pools all tokens, ``ref_nll_sentence`` averages the per-sentence means."""
+    import torch
+
+    from gdig_core.encoding import encode_pairs, iter_batches
+    from gdig_core.hooks import example_losses
+
+    rows = [{"id": str(i), "src_lang": test.src_lang, "tgt_lang": test.tgt_lang, "src": s, "tgt": r}
+            for i, (s, r) in enumerate(zip(test.sources, test.references, strict=True))]
+    encoded = encode_pairs(tokenizer, rows, cfg)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    t0 = time.perf_counter()
+    total, tokens, per_sentence = 0.0, 0, []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for _, batch in iter_batches(encoded, cfg.evaluation.batch_size, pad_id):
+                loss_sum, n_tok = example_losses(model, batch)
+                total += float(loss_sum.double().sum())
+                tokens += int(n_tok.sum())
+                per_sentence += (loss_sum.double() / n_tok.clamp(min=1)).tolist()
+    finally:
+        model.train(was_training)
+    return {
+        "ref_nll": total / max(tokens, 1),
+        "ref_nll_sentence": sum(per_sentence) / max(len(per_sentence), 1),
+        "ref_nll_tokens": tokens,
+        "ref_nll_seconds": time.perf_counter() - t0,
+    }
+
+
 def translate_and_score(
     cfg: GdigConfig, model: Any, tokenizer: Any, tests: list[EvalSet], out_dir: str | Path, progress: bool = False
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
@@ -161,6 +194,8 @@ def translate_and_score(
         seconds = time.perf_counter() - t0
         metrics = score_test_set(test, hyps[test.name], inside(out, test.name))
         metrics.update(generation_seconds=seconds, sentences_per_s=len(test.sources) / max(seconds, 1e-9))
+        if cfg.evaluation.reference_nll:
+            metrics.update(reference_nll(model, tokenizer, test, cfg))
         results[test.name] = metrics
         log.info("%s: BLEU %.2f chrF %.2f (%d sentences, %.1f s)", test.name, metrics["bleu"],
                  metrics["chrf"], len(test.sources), seconds)

@@ -142,17 +142,19 @@ def _seed_effects(scores: Any, row: int, top_n: int) -> tuple[list[SeedEffect], 
 
 def _selection_dirs(root: Path, method: str | None, budget: int | None) -> list[tuple[str, int | None, Path]]:
     found = []
-    for m in METHODS:
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for m in names:  # selection directories are named after their methods (MethodSpec.name)
         if method is not None and m != method:
             continue
-        for d in sorted((root / m).glob("*")) if (root / m).is_dir() else []:
+        for d in sorted((root / m).glob("*")):
             if not (d / "candidates.parquet").exists():
                 continue
             b = int(d.name[1:]) if d.name.startswith("b") and d.name[1:].isdigit() else None
-            if budget is not None and m != "full" and b != budget:
+            if budget is not None and b is not None and b != budget:
                 continue
             found.append((m, b, d))
-    return sorted(found, key=lambda x: (METHODS.index(x[0]), x[1] or 0))
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(found, key=lambda x: (order.get(x[0], len(order)), x[0], x[1] or 0))
 
 
 def _ordinal(n: int) -> str:

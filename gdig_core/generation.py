@@ -11,6 +11,7 @@ newline, and stripped. The prompt is never part of it.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import weakref
 from collections.abc import Sequence
@@ -121,7 +122,8 @@ def generate_translations(
     """Translate ``sources`` (one string each) with the G-DIG prompt; returns one line each.
 
     Batched (longest prompts first, to bound padding), left-padded, deterministic (greedy, or
-    beam search when ``num_beams`` > 1). Defaults come from ``cfg.evaluation``. Prompts are built
+    beam search when ``num_beams`` > 1). Defaults come from ``cfg.evaluation``; each batch stops
+    after ``max_new_tokens_ratio`` x its longest source (in tokens) + 8 new tokens at the most. Prompts are built
     exactly as in training (``encoding.prompt_ids``: BOS prepended when ``cfg.model.add_bos``) and
     cut to ``cfg.prompt.max_length`` tokens from ``cfg.prompt.truncation_side``. On CUDA, bf16
     autocast per ``cfg.evaluation.bf16`` (default: when supported).
@@ -137,6 +139,10 @@ def generate_translations(
     keep_bos = 1 if cfg.model.add_bos and tokenizer.bos_token_id is not None else 0
 
     prompts = []
+    ratio = ev.max_new_tokens_ratio
+    # A batch decodes until its longest row stops: cap each batch by its sources' length, so one
+    # degenerate row (repeating until max_new_tokens) cannot hold the whole batch for long.
+    src_len = [len(tokenizer(src, add_special_tokens=False)["input_ids"]) for src in sources] if ratio else []
     for src in sources:
         ids = prompt_ids(tokenizer, cfg, src, src_lang, tgt_lang)
         limit = cfg.prompt.max_length
@@ -164,11 +170,14 @@ def generate_translations(
             input_ids, mask = left_pad([prompts[i] for i in idx], pad_id)
             input_ids, mask = input_ids.to(device), mask.to(device)
             prompt_len = input_ids.shape[1]
+            limit = max_new_tokens
+            if ratio:
+                limit = min(max_new_tokens, math.ceil(ratio * max(src_len[i] for i in idx)) + 8)
             with autocast():
                 out = model.generate(
                     input_ids=input_ids,
                     attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=limit,
                     num_beams=num_beams,
                     do_sample=False,
                     eos_token_id=eos_ids or None,

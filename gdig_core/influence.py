@@ -36,11 +36,12 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from gdig_core.config import CurvatureConfig, ScoringConfig
-from gdig_core.curvature import Factors, autocast_dtype
+from gdig_core.curvature import Factors, autocast_dtype, precondition_many, share_eigenbases
 from gdig_core.features import KroneckerProjector
 from gdig_core.hooks import BatchContext, capture_batches, layer_shape, select_tracked_modules
 from gdig_core.io import atomic_path
 from gdig_core.scores import ScoreBatch, ScoreShardWriter
+from gdig_core.variants import Variant
 
 Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
 
@@ -53,16 +54,32 @@ class Preconditioned:
     and ``right[l]`` [S, r, in] with ``V_s ~= left[s] @ right[s]`` (truncated SVD). On the CPU,
     fp32 or the scoring autocast dtype.
     Seeds whose loss or gradient was not finite are dropped and listed in ``bad_seeds``.
+    ``method`` names the preconditioner (ekfac, kfac, identity); ``n_tokens`` [S] holds each
+    seed's target-token count (for the per-token score variant).
     """
 
     seed_ids: list[str]
     modules: list[str]
     loss_normalisation: str
+    method: str = "unknown"
+    n_tokens: Tensor | None = None
     rank: int | None = None
     full: dict[str, Tensor] = field(default_factory=dict)
     left: dict[str, Tensor] = field(default_factory=dict)
     right: dict[str, Tensor] = field(default_factory=dict)
     bad_seeds: dict[str, str] = field(default_factory=dict)
+
+    def sq_norms(self) -> Tensor:
+        """Squared Frobenius norm of each ``V_s`` over all tracked layers: [S] fp64."""
+        total = torch.zeros(len(self.seed_ids), dtype=torch.float64)
+        for name in self.modules:
+            if self.rank is None:
+                total += self.full[name].double().flatten(1).pow(2).sum(1).cpu()
+            else:  # ||L R||^2 = sum((L^T L) * (R R^T)), without expanding to [out, in]
+                left, right = self.left[name].double(), self.right[name].double()
+                gram = (left.transpose(1, 2) @ left) * (right @ right.transpose(1, 2))
+                total += gram.sum((1, 2)).cpu()
+        return total
 
     def dense(self, name: str) -> Tensor:
         """``V^l`` as [S, out, in] (expanded from the low-rank form when compressed)."""
@@ -93,7 +110,10 @@ class Preconditioned:
             "gdig.loss_normalisation": self.loss_normalisation,
             "gdig.rank": "" if self.rank is None else str(self.rank),
             "gdig.bad_seeds": json.dumps(self.bad_seeds),
+            "gdig.method": self.method,
         }
+        if self.n_tokens is not None:
+            tensors["__n_tokens"] = self.n_tokens.to(torch.int64).contiguous().cpu()
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
@@ -111,6 +131,8 @@ class Preconditioned:
             loss_normalisation=meta["gdig.loss_normalisation"],
             rank=rank,
             bad_seeds=json.loads(meta.get("gdig.bad_seeds", "{}")),
+            method=meta.get("gdig.method", "unknown"),
+            n_tokens=tensors.get("__n_tokens"),
         )
         for name in p.modules:
             if rank is None:
@@ -144,10 +166,10 @@ def _compress(v: Tensor, rank: int) -> tuple[Tensor, Tensor]:
 def precondition_seeds(
     model: nn.Module,
     seed_batches: Batches,
-    factors: Factors,
+    factors: Factors | dict[str, Factors],
     cfg_curv: CurvatureConfig,
     cfg_score: ScoringConfig,
-) -> Preconditioned:
+) -> Preconditioned | dict[str, Preconditioned]:
     """Compute ``V_s = H^-1 grad_W loss(s)`` for every seed and tracked layer.
 
     Seed gradients use ``cfg_score.loss_normalisation`` and ``cfg_score.autocast`` (the same
@@ -155,30 +177,44 @@ def precondition_seeds(
     truncated SVD) runs in fp32, one layer at a time during backward, so device memory holds one
     layer's [B, out, in] at once. Results are kept on the CPU in the scoring dtype (fp32, or the
     autocast dtype, which halves the memory of large seed sets).
+
+    ``factors`` may be a dict of several preconditioners (score variants, see
+    gdig_core.variants): the seed gradients are then captured once and a dict with one
+    :class:`Preconditioned` per key comes back, all over the same seeds (a seed unusable under
+    any of them is dropped from all, so their scores can be stacked).
     """
+    single = isinstance(factors, Factors)
+    fdict: dict[str, Factors] = {factors.method: factors} if single else dict(factors)
+    if not fdict:
+        raise ValueError("precondition_seeds: no factors given")
     tracked = select_tracked_modules(model, cfg_curv)
-    if list(tracked) != list(factors.modules):
-        raise ValueError(f"tracked layers {list(tracked)} differ from the factors' {factors.modules}")
-    factors.to(next(model.parameters()).device)  # once, not per layer and batch
+    for f in fdict.values():
+        if list(tracked) != list(f.modules):
+            raise ValueError(f"tracked layers {list(tracked)} differ from the factors' {f.modules}")
+        f.to(next(model.parameters()).device)  # once, not per layer and batch
+    share_eigenbases(fdict)
     store = autocast_dtype(cfg_score.autocast) or torch.float32
     rank = cfg_score.seed_rank
-    parts: dict[str, list] = {n: [] for n in tracked}
+    parts: dict[str, dict[str, list]] = {k: {n: [] for n in tracked} for k in fdict}
     finite: dict[str, Tensor] = {}
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
         a32, g32 = _masked(ctx, a, g, torch.float32)
-        v = factors.precondition(name, per_example_grads(a32, g32))
-        finite[name] = torch.isfinite(v).flatten(1).all(1).cpu()
-        v = torch.nan_to_num(v)  # bad rows are dropped below; keep the SVD well defined
-        if rank is None:
-            parts[name].append(v.to(store).cpu())
-        else:
-            left, right = _compress(v, rank)
-            parts[name].append((left.to(store).cpu(), right.to(store).cpu()))
+        ok = torch.ones(a.shape[0], dtype=torch.bool)
+        for key, v in precondition_many(fdict, name, per_example_grads(a32, g32)).items():
+            ok &= torch.isfinite(v).flatten(1).all(1).cpu()
+            v = torch.nan_to_num(v)  # bad rows are dropped below; keep the SVD well defined
+            if rank is None:
+                parts[key][name].append(v.to(store).cpu())
+            else:
+                left, right = _compress(v, rank)
+                parts[key][name].append((left.to(store).cpu(), right.to(store).cpu()))
+        finite[name] = ok
 
     ids: list[str] = []
     bad: dict[str, str] = {}
     keep: list[Tensor] = []
+    n_tokens: list[Tensor] = []
     for ctx in capture_batches(
         model,
         tracked,
@@ -189,12 +225,14 @@ def precondition_seeds(
     ):
         ok = ctx.ok.cpu()
         if not finite:  # no backward ran: every seed of the batch had an unusable loss
-            for name in tracked:
-                parts[name].append(None)
+            for key in parts:
+                for name in tracked:
+                    parts[key][name].append(None)
         for name in finite:
             ok = ok & finite[name]
         finite.clear()
         keep.append(ok)
+        n_tokens.append(ctx.n_tokens.cpu()[ok])
         for i, sid in enumerate(ctx.ids):
             if bool(ok[i]):
                 ids.append(sid)
@@ -202,20 +240,54 @@ def precondition_seeds(
                 bad[sid] = ctx.reasons[i] or "nonfinite_gradient"
     if not ids:
         raise ValueError(f"no usable seed: {bad}")
+    tokens = torch.cat(n_tokens).to(torch.int64)
+    results: dict[str, Preconditioned] = {}
+    for key, layers in parts.items():
+        out = Preconditioned(
+            seed_ids=ids,
+            modules=list(tracked),
+            loss_normalisation=cfg_score.loss_normalisation,
+            method=fdict[key].method,
+            n_tokens=tokens,
+            rank=rank,
+            bad_seeds=bad,
+        )
+        for name, chunks in layers.items():
+            used = [(c, k) for c, k in zip(chunks, keep, strict=True) if c is not None and bool(k.any())]
+            if rank is None:
+                out.full[name] = torch.cat([c[k] for c, k in used])
+            else:
+                out.left[name] = torch.cat([c[0][k] for c, k in used])
+                out.right[name] = torch.cat([c[1][k] for c, k in used])
+        results[key] = out
+    return next(iter(results.values())) if single else results
+
+
+def stack_preconditioned(precond: dict[str, Preconditioned]) -> Preconditioned:
+    """One :class:`Preconditioned` holding the seeds of every entry one after another (in the
+    dict's order), so one contraction scores all preconditioners; entries must share seeds."""
+    first = next(iter(precond.values()))
+    for key, p in precond.items():
+        if p.seed_ids != first.seed_ids or p.modules != first.modules or p.rank != first.rank:
+            raise ValueError(f"preconditioned seeds {key!r} differ from {next(iter(precond))!r} in seeds, layers or rank")
+        if p.loss_normalisation != first.loss_normalisation:
+            raise ValueError("preconditioned seeds use different loss normalisations")
+    if len(precond) == 1:
+        return first
     out = Preconditioned(
-        seed_ids=ids,
-        modules=list(tracked),
-        loss_normalisation=cfg_score.loss_normalisation,
-        rank=rank,
-        bad_seeds=bad,
+        seed_ids=[f"{k}::{s}" for k in precond for s in first.seed_ids],
+        modules=list(first.modules),
+        loss_normalisation=first.loss_normalisation,
+        method="+".join(precond),
+        rank=first.rank,
+        bad_seeds=dict(first.bad_seeds),
     )
-    for name, chunks in parts.items():
-        used = [(c, k) for c, k in zip(chunks, keep, strict=True) if c is not None and bool(k.any())]
-        if rank is None:
-            out.full[name] = torch.cat([c[k] for c, k in used])
+    for name in first.modules:
+        if first.rank is None:
+            out.full[name] = torch.cat([p.full[name] for p in precond.values()])
         else:
-            out.left[name] = torch.cat([c[0][k] for c, k in used])
-            out.right[name] = torch.cat([c[1][k] for c, k in used])
+            out.left[name] = torch.cat([p.left[name] for p in precond.values()])
+            out.right[name] = torch.cat([p.right[name] for p in precond.values()])
     return out
 
 
@@ -240,84 +312,147 @@ class _LayerScorer:
                 return
         self.v_flat = p.dense(self.name).reshape(s, -1).to(self.device, self.dtype)
 
-    def __call__(self, a: Tensor, g: Tensor) -> Tensor:
-        """a [B, T, in], g [B, T, out] (masked, compute dtype) -> scores [B, S] fp32."""
+    def __call__(self, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """a [B, T, in], g [B, T, out] (masked, compute dtype) -> (scores [B, S] fp32, squared
+        norm of each candidate's layer gradient [B] fp32)."""
         if self.v_flat is None and self.lr is None:
             self._choose(a.shape[1])
         if self.lr is not None:
             left, right_t = self.lr
             prod = (g @ left) * (a @ right_t)  # [B, T, S*r]
-            return prod.float().sum(1).view(a.shape[0], self.n_seeds, -1).sum(-1)
-        return (per_example_grads(a, g).flatten(1) @ self.v_flat.T).float()  # BLAS takes the transpose
+            scores = prod.float().sum(1).view(a.shape[0], self.n_seeds, -1).sum(-1)
+            # ||sum_t g_t a_t^T||^2 = sum_{t,t'} (g_t . g_t')(a_t . a_t'), never forming [out, in].
+            a32, g32 = a.float(), g.float()
+            sq = ((g32 @ g32.transpose(1, 2)) * (a32 @ a32.transpose(1, 2))).sum((1, 2))
+            return scores, sq
+        grads = per_example_grads(a, g).flatten(1)
+        sq = grads.float().pow(2).sum(1)
+        return (grads @ self.v_flat.T).float(), sq  # BLAS takes the transpose
+
+
+def variant_scales(
+    variants: list[Variant], precond: dict[str, Preconditioned], loss_normalisation: str
+) -> dict[str, tuple[str, Tensor, str | None]]:
+    """Per variant: (the preconditioner it reads, the seed-side divisor [S] fp64, the
+    candidate-side divisor: None, ``"tokens"`` or ``"grad_norm"``). See gdig_core.variants."""
+    out: dict[str, tuple[str, Tensor, str | None]] = {}
+    for v in variants:
+        p = precond[v.curvature]
+        ones = torch.ones(len(p.seed_ids), dtype=torch.float64)
+        if v.normalisation == "raw" or (v.normalisation == "token" and loss_normalisation == "token"):
+            out[v.name] = (v.curvature, ones, None)
+        elif v.normalisation == "token":
+            if p.n_tokens is None:
+                raise ValueError("the per-token variant needs the seeds' token counts (re-run preconditioning)")
+            out[v.name] = (v.curvature, p.n_tokens.double().clamp(min=1), "tokens")
+        else:
+            out[v.name] = (v.curvature, p.sq_norms().sqrt().clamp(min=1e-30), "grad_norm")
+    return out
 
 
 def score_shard(
     model: nn.Module,
     batches: Batches,
-    precond: Preconditioned,
+    precond: Preconditioned | dict[str, Preconditioned],
     factors: Factors | None,
     cfg_score: ScoringConfig,
     out_path: str | Path,
+    variants: list[Variant] | None = None,
 ) -> dict:
     """Score every candidate of ``batches`` against all seeds; stream rows to ``out_path`` (Parquet).
 
     Per candidate z: ``benefit[s] = b_s(z)`` (see the module docstring for the sign), the mean
-    target-token loss, the target-token count and the projected gradient feature
-    (``cfg_score.feature_dim``). A candidate with a non-finite loss or gradient, or no target
-    token, is written with ``ok=False`` and its reason; it never affects other rows. ``factors``
-    is only checked for consistency (the curvature is already folded into ``precond``, which is
-    moved to the model's device and scoring dtype in place, so later shards reuse it).
+    target-token loss, the target-token count, the norm of its loss gradient over the tracked
+    layers and the projected gradient feature (``cfg_score.feature_dim``). A candidate with a
+    non-finite loss or gradient, or no target token, is written with ``ok=False`` and its reason;
+    it never affects other rows. ``factors`` is only checked for consistency (the curvature is
+    already folded into ``precond``, which is moved to the model's device and scoring dtype in
+    place, so later shards reuse it).
+
+    Score variants (gdig_core.variants): ``precond`` may be a dict of preconditioned seeds by
+    curvature method; their seed sets are stacked and contracted in the same pass. The first of
+    ``variants`` (default: the primary variant of the single ``precond``) fills the benefit
+    columns; every variant gets summary columns (mean, fraction positive, min).
     Returns ``{"n", "n_ok", "n_bad", "reasons", "seconds", "path"}``.
     """
-    if factors is not None and list(factors.modules) != list(precond.modules):
+    pdict = {precond.method: precond} if isinstance(precond, Preconditioned) else dict(precond)
+    if variants is None:
+        variants = [Variant(next(iter(pdict)), "raw")]
+    first = next(iter(pdict.values()))
+    if factors is not None and list(factors.modules) != list(first.modules):
         raise ValueError("the preconditioned seeds and the factors track different layers")
-    if precond.loss_normalisation != cfg_score.loss_normalisation:
-        raise ValueError(
-            f"seeds were preconditioned with loss normalisation {precond.loss_normalisation!r}, "
-            f"scoring asks for {cfg_score.loss_normalisation!r}"
-        )
-    tracked = {n: model.get_submodule(n) for n in precond.modules}
+    for p in pdict.values():
+        if p.loss_normalisation != cfg_score.loss_normalisation:
+            raise ValueError(
+                f"seeds were preconditioned with loss normalisation {p.loss_normalisation!r}, "
+                f"scoring asks for {cfg_score.loss_normalisation!r}"
+            )
+    missing = sorted({v.curvature for v in variants} - set(pdict))
+    if missing:
+        raise ValueError(f"score variants need preconditioned seeds for {missing}; have {sorted(pdict)}")
+    scales = variant_scales(variants, pdict, cfg_score.loss_normalisation)
+    used = [k for k in pdict if any(v.curvature == k for v in variants)]
+    stacked = stack_preconditioned({k: pdict[k] for k in used})
+    block = {k: slice(i * len(first.seed_ids), (i + 1) * len(first.seed_ids)) for i, k in enumerate(used)}
+    tracked = {n: model.get_submodule(n) for n in stacked.modules}
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg_score.autocast)
     dtype = amp or torch.float32
-    precond.to(device, dtype)  # once per object, not per shard
-    scorers = {n: _LayerScorer(precond, n, device, dtype) for n in tracked}
+    stacked.to(device, dtype)  # once per object, not per shard
+    scorers = {n: _LayerScorer(stacked, n, device, dtype) for n in tracked}
     projector = KroneckerProjector(
         {n: layer_shape(m) for n, m in tracked.items()}, cfg_score.feature_dim, cfg_score.feature_seed
     )
-    acc: dict[str, list[Tensor]] = {"scores": [], "features": []}
+    acc: dict[str, list] = {"scores": [], "sq": [], "features": []}
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
         a_m, g_m = _masked(ctx, a, g, dtype)
-        acc["scores"].append(scorers[name](a_m, g_m))
+        scores, sq = scorers[name](a_m, g_m)
+        acc["scores"].append(scores)
+        acc["sq"].append(sq)
         acc["features"].append((projector.offsets[name], projector.project(name, a_m, g_m)))
 
     start = time.perf_counter()
     reasons: Counter[str] = Counter()
     n = n_ok = 0
-    m, d = len(precond.seed_ids), cfg_score.feature_dim
+    m_all, d = len(stacked.seed_ids), cfg_score.feature_dim
+    names = [v.name for v in variants]
     with ScoreShardWriter(
-        out_path, precond.seed_ids, d, cfg_score.full_benefit_max_seeds, cfg_score.top_k_seeds
+        out_path, first.seed_ids, d, cfg_score.full_benefit_max_seeds, cfg_score.top_k_seeds, variants=names
     ) as writer:
         for ctx in capture_batches(
             model, tracked, batches, on_layer, normalisation=cfg_score.loss_normalisation, autocast_dtype=amp
         ):
             b = len(ctx.ids)
-            scores = torch.zeros(b, m, device=device)
+            raw = torch.zeros(b, m_all, device=device)
             for part in acc["scores"]:
-                scores += part
+                raw += part
+            sq = torch.zeros(b, device=device)
+            for part in acc["sq"]:
+                sq += part
             feats = torch.zeros(b, d, device=device)
-            for offset, block in acc["features"]:
-                feats[:, offset : offset + block.shape[1]] = block
-            acc["scores"].clear()
-            acc["features"].clear()
-            finite = torch.isfinite(scores).all(1) & torch.isfinite(feats).all(1)
+            for offset, feat in acc["features"]:
+                feats[:, offset : offset + feat.shape[1]] = feat
+            for key in acc:
+                acc[key].clear()
+            raw64 = raw.cpu().double()
+            grad_norm = sq.cpu().double().clamp(min=0).sqrt()
+            n_tok = ctx.n_tokens.cpu().numpy()
+            per_variant: dict[str, np.ndarray] = {}
+            for v in variants:
+                key, seed_div, cand = scales[v.name]
+                values = raw64[:, block[key]] / seed_div[None, :]
+                if cand == "tokens":
+                    values = values / torch.from_numpy(np.maximum(n_tok, 1)).double()[:, None]
+                elif cand == "grad_norm":
+                    values = values / grad_norm.clamp(min=1e-30)[:, None]
+                per_variant[v.name] = values.numpy()
+            finite = torch.isfinite(raw).all(1) & torch.isfinite(feats).all(1) & torch.isfinite(sq)
             ok = (ctx.ok & finite).cpu().numpy()
             why = [
                 r if r is not None else (None if ok[i] else "nonfinite_gradient")
                 for i, r in enumerate(ctx.reasons)
             ]
-            n_tok = ctx.n_tokens.cpu().numpy()
             loss = (ctx.loss_sum.cpu().double().numpy() / np.maximum(n_tok, 1)).astype(np.float64)
             writer.write(
                 ScoreBatch(
@@ -326,8 +461,10 @@ def score_shard(
                     bad_reason=why,
                     loss=loss,  # kept when finite, even for a row whose gradient was not
                     n_tokens=n_tok.astype(np.int32),
-                    benefit=scores.cpu().numpy(),
+                    benefit=per_variant[names[0]],
                     features=feats.cpu().numpy(),
+                    grad_norm=grad_norm.numpy(),
+                    variant_benefit=per_variant,
                 )
             )
             n += b

@@ -14,9 +14,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-#: Letters, digits, ``.``, ``_`` and ``-``; starting with a letter or digit (so never ``.`` or
-#: ``..`` or a hidden file); at most 64 characters.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Letters, digits, ``.``, ``_``, ``+`` and ``-``; starting with a letter or digit (so never
+#: ``.`` or ``..`` or a hidden file); at most 64 characters.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 class PathEscapeError(ValueError):
@@ -27,7 +27,7 @@ def check_safe_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it can be used as one path component; raise ValueError saying why not."""
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
         raise ValueError(
-            f"{what} {value!r} is not a safe name: use 1-64 letters, digits, '.', '_' or '-', "
+            f"{what} {value!r} is not a safe name: use 1-64 letters, digits, '.', '_', '+' or '-', "
             "starting with a letter or digit (it becomes a directory name)"
         )
     return value

@@ -1,5 +1,6 @@
 """How well scores and selections separate clean pairs from injected noise (labels from
-``gdig data corrupt``): clean share of a selection and ROC AUC of the quality score per kind."""
+``gdig data corrupt``): clean share of a selection and ROC AUC of the quality score per kind,
+for one score or a table of them."""
 
 from __future__ import annotations
 
@@ -41,3 +42,10 @@ def auc_by_kind(ids: Sequence[str], score: np.ndarray, labels: Mapping[str, str]
         mask = clean | noisy
         out[kind] = float(roc_auc_score(clean[mask].astype(int), s[mask]))
     return out
+
+
+def rule_auc_table(
+    ids: Sequence[str], scores: Mapping[str, np.ndarray], labels: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """``auc_by_kind`` for each named score: ``{score name: {kind or 'all': ROC AUC}}``."""
+    return {name: auc_by_kind(ids, score, labels) for name, score in scores.items()}

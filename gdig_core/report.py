@@ -18,9 +18,13 @@ from typing import Any
 
 from gdig_core.io import atomic_path, atomic_write_json, atomic_write_text
 
-METRICS = ("bleu", "chrf", "comet")
-#: Row order in tables: the paper's method first, then the baselines.
-METHOD_ORDER = ("zero-shot", "gdig", "quality", "diversity", "random", "full")
+METRICS = ("bleu", "chrf", "comet", "ref_nll")
+#: Row order in tables: the paper's method first, then the baselines, filters and the oracle.
+METHOD_ORDER = ("zero-shot", "gdig", "quality", "diversity", "random", "full", "nll", "length_ratio", "copy",
+                "language_id", "cheap", "oracle")
+#: Method kinds by role, for the verdict.
+INFLUENCE_KINDS = ("gdig", "quality")
+FILTER_KINDS = ("nll", "length_ratio", "copy", "language_id", "cheap")
 
 
 def metric_table(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, float]]:
@@ -44,45 +48,109 @@ def metric_table(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, dict
     return out
 
 
-def _order(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+def _order(row: Mapping[str, Any]) -> int:
+    kind = row.get("kind") or row["method"]
+    return METHOD_ORDER.index(kind) if kind in METHOD_ORDER else len(METHOD_ORDER)
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = _finite(values)
     return sum(vals) / len(vals) if vals else None
 
 
+def _sd(values: Sequence[float | None]) -> float | None:
+    """Sample standard deviation over finetuning seeds (None below two)."""
+    vals = _finite(values)
+    if len(vals) < 2:
+        return None
+    m = sum(vals) / len(vals)
+    return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
 def comparison_rows(evaluations: Sequence[Mapping[str, Any]], selections: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (method, budget): metrics per test set averaged over finetune seeds, the
-    selection size and, when the pool carries clean/noisy labels, the clean share."""
+    """One row per (method, budget): metrics per test set as the mean over finetuning seeds (and
+    the sample standard deviation ``<test>/<metric>_sd`` with two or more), the selection size,
+    and with noise labels the clean share and the ROC AUC of the method's score over all noise."""
     sel = {(s["method"], int(s["budget"])): s for s in selections}
     grouped: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
     for ev in evaluations:
         grouped[(ev["method"], int(ev.get("budget") or 0))].append(ev)
     rows: list[dict[str, Any]] = []
-    for (method, budget), evs in sorted(grouped.items(), key=lambda kv: (kv[0][1], _order(kv[0][0]))):
-        s = sel.get((method, budget), {})
-        row: dict[str, Any] = {"method": method, "budget": budget, "size": s.get("size", evs[0].get("size")),
-                               "seeds": len(evs)}
-        if s.get("clean_share") is not None:
-            row["clean_share"] = s["clean_share"]
-        tables = [metric_table(ev.get("metrics", {})) for ev in evs]
-        for test in sorted({t for tab in tables for t in tab}):
-            for metric in METRICS:
-                vals = [tab.get(test, {}).get(metric) for tab in tables]
-                if any(v is not None for v in vals):
-                    row[f"{test}/{metric}"] = _mean(vals)
-        rows.append(row)
-    # Selections that were not evaluated (finetune or evaluation off) still show their size.
+    for (method, budget), evs in grouped.items():
+        rows.append(_row(method, budget, sel.get((method, budget), {}), evs))
     seen = {(r["method"], r["budget"]) for r in rows}
-    for (method, budget), s in sorted(sel.items(), key=lambda kv: (kv[0][1], _order(kv[0][0]))):
+    for (method, budget), s in sel.items():  # selections not evaluated still show their size
         if (method, budget) not in seen:
-            row = {"method": method, "budget": budget, "size": s.get("size"), "seeds": 0}
-            if s.get("clean_share") is not None:
-                row["clean_share"] = s["clean_share"]
-            rows.append(row)
-    return rows
+            rows.append(_row(method, budget, s, []))
+    return sorted(rows, key=lambda r: (r["budget"], _order(r), r["method"]))
+
+
+def _row(method: str, budget: int, s: Mapping[str, Any], evs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    first = evs[0] if evs else {}
+    row: dict[str, Any] = {"method": method, "kind": s.get("kind", first.get("kind", method)),
+                           "model": s.get("model", first.get("model")), "budget": budget,
+                           "size": s.get("size", first.get("size")), "seeds": len(evs)}
+    noise = s.get("noise") or {}
+    if noise.get("clean_share") is not None:
+        row["clean_share"] = noise["clean_share"]
+    elif s.get("clean_share") is not None:
+        row["clean_share"] = s["clean_share"]
+    if (noise.get("auc") or {}).get("all") is not None:
+        row["score_auc"] = noise["auc"]["all"]
+    tables = [metric_table(ev.get("metrics", {})) for ev in evs]
+    for test in sorted({t for tab in tables for t in tab}):
+        for metric in METRICS:
+            vals = [tab.get(test, {}).get(metric) for tab in tables]
+            if any(v is not None for v in vals):
+                row[f"{test}/{metric}"] = _mean(vals)
+                if len(_finite(vals)) >= 2:
+                    row[f"{test}/{metric}_sd"] = _sd(vals)
+    return row
+
+
+def seed_rows(evaluations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every evaluated model (method, budget, finetuning seed) with its own metrics."""
+    rows = []
+    for ev in evaluations:
+        row = {"method": ev["method"], "budget": int(ev.get("budget") or 0), "seed": ev.get("seed")}
+        for test, ms in metric_table(ev.get("metrics", {})).items():
+            row.update({f"{test}/{m}": v for m, v in ms.items()})
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["budget"], r["method"], r["seed"] if r["seed"] is not None else -1))
+
+
+def verdict(rows: Sequence[Mapping[str, Any]], metric: str) -> list[str]:
+    """Plain sentences: each influence method against random, the best cheap filter and the clean
+    oracle at its budget, by the mean of ``metric`` (e.g. ``flores/bleu``) over seeds."""
+    lines: list[str] = []
+    lower_is_better = metric.endswith("ref_nll")
+    for budget in sorted({r["budget"] for r in rows if r["budget"]}):
+        at = [r for r in rows if r["budget"] == budget and r.get(metric) is not None]
+        by_kind: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in at:
+            by_kind[r["kind"]].append(r)
+        filters = [r for k in FILTER_KINDS for r in by_kind.get(k, [])]
+        best_filter = (min if lower_is_better else max)(filters, key=lambda r: r[metric]) if filters else None
+        refs = [("random", by_kind["random"][0] if by_kind.get("random") else None),
+                (f"the best cheap filter ({best_filter['method']})" if best_filter else "a cheap filter", best_filter),
+                ("the clean oracle", by_kind["oracle"][0] if by_kind.get("oracle") else None)]
+        for r in at:
+            if r["kind"] not in INFLUENCE_KINDS:
+                continue
+            parts = []
+            for name, ref in refs:
+                if ref is None:
+                    continue
+                diff = r[metric] - ref[metric]
+                better = diff < 0 if lower_is_better else diff > 0
+                parts.append(f"{diff:+.2f} vs {name} ({'better' if better else 'worse' if diff else 'equal'})")
+            if parts:
+                lines.append(f"B={budget}, {r['method']} ({metric} {r[metric]:.2f}): " + "; ".join(parts))
+    return lines
 
 
 def _fmt(value: Any) -> str:
@@ -115,11 +183,13 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str | Path) -> bool
     if not metric_cols:
         return False
     fig, axes = plt.subplots(1, len(metric_cols), figsize=(4.2 * len(metric_cols), 3.6), squeeze=False)
-    labels = [f"{r['method']}\nB={r['budget']}" if r["budget"] and r["method"] != "full" else str(r["method"]) for r in rows]
+    labels = [f"{r['method']}\nB={r['budget']}" if r["budget"] and r.get("kind") != "full" else str(r["method"]) for r in rows]
     for ax, col in zip(axes[0], metric_cols, strict=True):
         values = [r.get(col) or 0.0 for r in rows]
-        colors = ["#c0392b" if r["method"] == "gdig" else "#7f8c8d" for r in rows]
-        ax.bar(range(len(rows)), values, color=colors)
+        errors = [r.get(col + "_sd") or 0.0 for r in rows]
+        colors = ["#c0392b" if r.get("kind") in INFLUENCE_KINDS else "#2471a3" if r.get("kind") == "oracle"
+                  else "#7f8c8d" for r in rows]
+        ax.bar(range(len(rows)), values, color=colors, yerr=errors, capsize=2)
         ax.set_xticks(range(len(rows)), labels, rotation=60, fontsize=7)
         ax.set_title(col.replace("/", " "), fontsize=10)
     fig.tight_layout()
@@ -135,21 +205,59 @@ def build_report(
     out_dir: str | Path,
     title: str = "G-DIG selection report",
     notes: Sequence[str] = (),
+    score_aucs: Sequence[Mapping[str, Any]] = (),
+    histogram: str | None = None,
+    stage_times: Sequence[Mapping[str, Any]] = (),
+    config_yaml: str | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.png``, ``comparison.csv`` and ``comparison.json``; return
-    ``{"rows": ..., "markdown": ...}``."""
+    ``{"rows": ..., "markdown": ...}``.
+
+    With noise labels the first table shows each method's clean share and the ROC AUC of its score,
+    beside the downstream metrics (mean over finetuning seeds, ``_sd`` their sample standard
+    deviation); ``score_aucs`` (gdig_core.evidence.auc_rows) adds the AUC of every score per noise
+    kind, ``histogram`` names a PNG of score distributions in ``out_dir``, ``stage_times`` lists
+    ``{stage, seconds, cached}``, and ``config_yaml``/``command`` say exactly what ran.
+    """
     out = Path(out_dir)
     rows = comparison_rows(evaluations, selections)
     has_plot = plot_comparison(rows, out / "report.png")
-    parts = [f"# {title}\n", "Metrics are averaged over finetune seeds; `seeds` counts them. "
-             "`zero-shot` is the base model without finetuning.\n", "## Comparison\n", markdown_table(rows)]
+    tests = list(dict.fromkeys(c.split("/")[0] for r in rows for c in r if c.endswith("/bleu")))
+    parts = [f"# {title}\n",
+             "Metrics are means over finetuning seeds (`seeds` counts them; `_sd` is their sample standard "
+             "deviation). `zero-shot` is the base model without finetuning. `clean_share`: share of the "
+             "selection without injected noise; `score_auc`: ROC AUC of the method's own ranking score at "
+             "putting clean pairs above noisy ones. `ref_nll`: mean NLL per reference token (lower is better).\n",
+             "## Comparison\n", markdown_table(rows)]
+    for test in tests:
+        lines = verdict(rows, f"{test}/bleu")
+        if lines:
+            parts += [f"\n### Verdict on {test} BLEU\n", *(f"- {line}\n" for line in lines)]
     if has_plot:
         parts.append("\n![comparison](report.png)\n")
-    details = [{"method": s["method"], "budget": s["budget"], "size": s.get("size"), "shortfall": s.get("shortfall")}
-               for s in sorted(selections, key=lambda s: (int(s["budget"]), _order(s["method"])))]
+    if score_aucs:
+        parts += ["\n## Scores against labelled noise\n",
+                  "ROC AUC of each per-candidate score (higher = ranks clean pairs above that noise kind; "
+                  "0.5 is chance).\n\n", markdown_table(score_aucs)]
+    if histogram:
+        parts.append(f"\n![score distributions]({histogram})\n")
+    per_seed = seed_rows(evaluations)
+    if any(r["seed"] is not None for r in per_seed):
+        parts += ["\n## Every finetuned model\n", markdown_table(per_seed)]
+    details = [{"method": s["method"], "model": s.get("model"), "budget": s["budget"], "size": s.get("size"),
+                "selected by kind": ", ".join(f"{k} {v}" for k, v in ((s.get("noise") or {}).get("selected_by_kind") or {}).items()),
+                "shortfall": s.get("shortfall")}
+               for s in sorted(selections, key=lambda s: (int(s["budget"]), _order(s), s["method"]))]
     parts += ["\n## Selections\n", markdown_table(details)]
+    if stage_times:
+        parts += ["\n## Time per stage\n", markdown_table(stage_times)]
     if notes:
         parts += ["\n## Notes\n", *(f"- {n}\n" for n in notes)]
+    if command:
+        parts += ["\n## Command\n", f"\n```\n{command}\n```\n"]
+    if config_yaml:
+        parts += ["\n## Configuration\n", f"\n```yaml\n{config_yaml}```\n"]
     text = "".join(parts)
     atomic_write_text(out / "report.md", text)
     atomic_write_json(out / "comparison.json", rows)

@@ -10,6 +10,9 @@ One row per candidate. Columns:
   ``top_harmed_values`` (list<float64>): the k seeds with the largest / smallest benefit
 - ``benefit`` (list<float32> of length M; null when M > ``full_benefit_max_seeds`` or the row is bad)
 - ``feature`` (list<float32> of length feature_dim; null when the row is bad)
+- ``grad_norm`` (float64): Frobenius norm of the candidate's loss gradient over the tracked layers
+- per score variant v (gdig_core.variants; listed in the metadata under ``gdig.variants``, the
+  first being the one the ``benefit*`` columns hold): ``{v}:mean``, ``{v}:frac_pos``, ``{v}:min``
 
 Sign convention: ``benefit[s] = b_s(z) = sum_layers <V_s, grad_W loss(z)>`` with
 ``V_s = H^-1 grad_W loss(s)``; positive means a gradient step on z lowers the loss of seed s.
@@ -24,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -39,6 +42,8 @@ META_SEED_IDS = b"gdig.seed_ids"
 META_FEATURE_DIM = b"gdig.feature_dim"
 META_BENEFIT_STORED = b"gdig.benefit_stored"
 META_VERSION = b"gdig.score_format"
+META_VARIANTS = b"gdig.variants"
+VARIANT_STATS = ("mean", "frac_pos", "min")
 
 SCHEMA_FIELDS: list[pa.Field] = [
     pa.field("id", pa.string(), nullable=False),
@@ -56,19 +61,28 @@ SCHEMA_FIELDS: list[pa.Field] = [
     pa.field("top_harmed_values", pa.list_(pa.float64())),
     pa.field("benefit", pa.list_(pa.float32())),
     pa.field("feature", pa.list_(pa.float32())),
+    pa.field("grad_norm", pa.float64()),
 ]
 COLUMNS = [f.name for f in SCHEMA_FIELDS]
 
 
-def score_schema(seed_ids: Sequence[str], feature_dim: int, benefit_stored: bool) -> pa.Schema:
-    """The Arrow schema of a score shard, with the seed ids and sizes in its metadata."""
+def variant_column(variant: str, stat: str) -> str:
+    return f"{variant}:{stat}"
+
+
+def score_schema(
+    seed_ids: Sequence[str], feature_dim: int, benefit_stored: bool, variants: Sequence[str] = ()
+) -> pa.Schema:
+    """The Arrow schema of a score shard, with the seed ids, sizes and variants in its metadata."""
     meta = {
         META_SEED_IDS: json.dumps(list(seed_ids)).encode(),
         META_FEATURE_DIM: str(int(feature_dim)).encode(),
         META_BENEFIT_STORED: b"1" if benefit_stored else b"0",
         META_VERSION: FORMAT_VERSION.encode(),
+        META_VARIANTS: json.dumps(list(variants)).encode(),
     }
-    return pa.schema(SCHEMA_FIELDS, metadata=meta)
+    extra = [pa.field(variant_column(v, stat), pa.float64()) for v in variants for stat in VARIANT_STATS]
+    return pa.schema([*SCHEMA_FIELDS, *extra], metadata=meta)
 
 
 @dataclass
@@ -86,6 +100,9 @@ class ScoreBatch:
     n_tokens: np.ndarray  # int [B]
     benefit: np.ndarray  # float32 [B, M]
     features: np.ndarray  # float32 [B, d]
+    grad_norm: np.ndarray | None = None  # float64 [B]
+    #: variant name -> its benefit [B, M] (summaries only are stored; see score_schema)
+    variant_benefit: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -154,6 +171,16 @@ def _batch_table(batch: ScoreBatch, schema: pa.Schema, seed_ids: Sequence[str], 
     cols["top_harmed"], cols["top_harmed_values"] = top(harmed)
     cols["benefit"] = _list_column(ben.astype(np.float32), ok & stored & (m > 0), pa.float32())
     cols["feature"] = _list_column(feats, ok, pa.float32())
+    norms = np.full(n, np.nan) if batch.grad_norm is None else np.asarray(batch.grad_norm, dtype=np.float64)
+    cols["grad_norm"] = _float_list(np.where(ok, norms, np.nan).tolist())
+    for v in json.loads(schema.metadata.get(META_VARIANTS, b"[]")):
+        if batch.variant_benefit is None or v not in batch.variant_benefit:
+            raise ValueError(f"score batch lacks the benefit of variant {v!r}")
+        vb = np.asarray(batch.variant_benefit[v], dtype=np.float64).reshape(n, m)
+        vsafe = np.where(summarised[:, None], vb, 0.0) if m > 0 else np.zeros((n, 1))
+        cols[variant_column(v, "mean")] = summary(vsafe.mean(1))
+        cols[variant_column(v, "frac_pos")] = summary((vsafe > 0).mean(1))
+        cols[variant_column(v, "min")] = summary(vsafe.min(1))
     return pa.Table.from_pydict(cols, schema=schema)
 
 
@@ -171,10 +198,13 @@ class ScoreShardWriter:
         feature_dim: int,
         full_benefit_max_seeds: int = 1024,
         top_k_seeds: int = 5,
+        variants: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         self.seed_ids = [str(s) for s in seed_ids]
-        self.schema = score_schema(self.seed_ids, feature_dim, len(self.seed_ids) <= full_benefit_max_seeds)
+        self.schema = score_schema(
+            self.seed_ids, feature_dim, len(self.seed_ids) <= full_benefit_max_seeds, variants
+        )
         self.top_k = top_k_seeds
         self.n_rows = 0
         self._stack = ExitStack()
@@ -241,9 +271,38 @@ class ScoreTable:
     top_helped_values: list[list[float]]
     top_harmed: list[list[str]]
     top_harmed_values: list[list[float]]
+    grad_norm: np.ndarray | None = None  # float64 [N]
+    #: variant name -> {"mean", "frac_pos", "min"} arrays [N]; the first is the benefit columns'
+    variants: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def primary_variant(self) -> str | None:
+        return next(iter(self.variants), None)
+
+    def for_variant(self, variant: str | None) -> ScoreTable:
+        """This table ranked by another score variant: its mean, fraction positive and minimum
+        replace the benefit summaries (the per-seed benefit and top-k lists, which belong to the
+        primary variant, are dropped). None or the primary variant: the table itself."""
+        if variant is None or variant == self.primary_variant:
+            return self
+        if variant not in self.variants:
+            raise KeyError(f"score variant {variant!r} was not scored; have {sorted(self.variants) or ['(primary only)']} "
+                           "(add it to scoring.variants)")
+        stats = self.variants[variant]
+        empty: list[list] = [[] for _ in range(len(self.ids))]
+        return replace(
+            self,
+            benefit_mean=stats["mean"],
+            benefit_frac_pos=stats["frac_pos"],
+            benefit_min=stats["min"],
+            benefit_max=np.full(len(self.ids), np.nan),
+            benefit=None,
+            top_helped=empty, top_helped_values=empty, top_harmed=empty, top_harmed_values=empty,
+            variants={variant: stats, **{k: v for k, v in self.variants.items() if k != variant}},
+        )
 
 
 def _float_col(table: pa.Table, name: str) -> np.ndarray:
@@ -271,7 +330,8 @@ def read_seed_ids(path: str | Path) -> list[str]:
 
 
 def read_scores(paths: Sequence[str | Path] | str | Path) -> ScoreTable:
-    """Read and concatenate score shards (in the given order). All must share the same seed ids."""
+    """Read and concatenate score shards (in the given order). All must share the same seed ids
+    and variants. A file that cannot be read raises ValueError naming it."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
@@ -279,6 +339,7 @@ def read_scores(paths: Sequence[str | Path] | str | Path) -> ScoreTable:
     tables = []
     seed_ids: list[str] | None = None
     feature_dim: int | None = None
+    variants: list[str] | None = None
     stored = True
     from gdig_core.integrity import reading
 
@@ -288,14 +349,17 @@ def read_scores(paths: Sequence[str | Path] | str | Path) -> ScoreTable:
         meta = t.schema.metadata or {}
         sids = list(json.loads(meta[META_SEED_IDS]))
         fdim = int(meta[META_FEATURE_DIM])
+        vnames = list(json.loads(meta.get(META_VARIANTS, b"[]")))
         if seed_ids is None:
-            seed_ids, feature_dim = sids, fdim
-        elif sids != seed_ids or fdim != feature_dim:
-            raise ValueError(f"{p}: seed ids or feature dimension differ from {paths[0]}")
+            seed_ids, feature_dim, variants = sids, fdim, vnames
+        elif sids != seed_ids or fdim != feature_dim or vnames != variants:
+            raise ValueError(f"{p}: seed ids, feature dimension or variants differ from {paths[0]}")
         stored = stored and meta.get(META_BENEFIT_STORED) == b"1"
-        tables.append(t.select(COLUMNS).replace_schema_metadata(None))
+        cols = [c for c in COLUMNS if c in t.column_names]  # grad_norm is absent from older shards
+        cols += [variant_column(v, s) for v in vnames for s in VARIANT_STATS]
+        tables.append(t.select(cols).replace_schema_metadata(None))
     table = pa.concat_tables(tables)
-    assert seed_ids is not None and feature_dim is not None
+    assert seed_ids is not None and feature_dim is not None and variants is not None
     return ScoreTable(
         ids=np.array(table.column("id").to_pylist(), dtype=object),
         ok=table.column("ok").to_numpy(zero_copy_only=False).astype(bool),
@@ -313,6 +377,8 @@ def read_scores(paths: Sequence[str | Path] | str | Path) -> ScoreTable:
         top_helped_values=table.column("top_helped_values").to_pylist(),
         top_harmed=table.column("top_harmed").to_pylist(),
         top_harmed_values=table.column("top_harmed_values").to_pylist(),
+        grad_norm=_float_col(table, "grad_norm") if "grad_norm" in table.column_names else None,
+        variants={v: {s: _float_col(table, variant_column(v, s)) for s in VARIANT_STATS} for v in variants},
     )
 
 
@@ -329,7 +395,9 @@ def verify_score_shard(path: str | Path, expected_ids: Sequence[str] | None = No
         if META_SEED_IDS not in meta or META_FEATURE_DIM not in meta:
             return False
         json.loads(meta[META_SEED_IDS])
-        if any(name not in schema.names for name in COLUMNS):
+        variants = json.loads(meta.get(META_VARIANTS, b"[]"))
+        wanted = [*COLUMNS, *(variant_column(v, s) for v in variants for s in VARIANT_STATS)]
+        if any(name not in schema.names for name in wanted):
             return False
         ids = pf.read(columns=["id"]).column("id").to_pylist()
     except Exception:  # any unreadable file is simply "not done": the shard is recomputed

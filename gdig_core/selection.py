@@ -11,6 +11,17 @@ Methods (``SelectionConfig.methods``), each for a budget B:
   distance to its centroid (closest first): a rule that uses no influence score.
 - ``random``: B eligible candidates drawn uniformly with ``SelectionConfig.seed``.
 - ``full``: every eligible candidate (B is recorded but does not limit the size).
+- ``nll``: the B eligible candidates with the lowest mean target-token NLL under the scoring
+  model (the ``loss`` column): a cheap model-based filter.
+- ``length_ratio``, ``copy``, ``language_id``, ``cheap``: the B best by a cheap per-pair score
+  (gdig_core.text_filters: length ratio, not-a-copy, target-language identification, and the
+  combined filter an MT engineer would use).
+- ``oracle``: B drawn uniformly from the clean candidates (needs noise labels: an experiment's
+  upper bound, never a method for real data).
+
+A method runs as a :class:`~gdig_core.config.MethodSpec`: a name (its directory), the kind above,
+and optional overrides (score variant, quality rule, tau, top_k, seed...) and cheap pre-filters
+whose rejects are not eligible.
 
 Eligible: ``ok`` is True and the summaries and the feature row are finite. Other candidates are
 excluded from every method and counted by reason in ``summary.json``.
@@ -67,7 +78,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gdig_core.config import SelectionConfig
+from gdig_core.config import METHOD_KINDS, MethodSpec, SelectionConfig, method_spec
 from gdig_core.io import atomic_path, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -75,7 +86,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METHODS = ("gdig", "quality", "diversity", "random", "full")
+METHODS = METHOD_KINDS
+#: Methods that rank by a cheap per-pair text score (gdig_core.text_filters), by score name.
+TEXT_FILTERS = {"length_ratio": "length_ratio", "copy": "copy", "language_id": "language_id", "cheap": "combined"}
 PAIR_COLUMNS = ("id", "src_lang", "tgt_lang", "src", "tgt")
 #: Every file :func:`select` may write into its output directory.
 OUTPUT_FILES = (
@@ -400,6 +413,8 @@ class _Plan:
     clustering: dict[str, Any] | None = None
     shortfall: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The method's ranking score per candidate (higher = better), None when it has none (random).
+    score: np.ndarray | None = None
 
 
 @dataclass
@@ -624,23 +639,136 @@ def _plan_full(q: QualityResult, tie: np.ndarray) -> _Plan:
     return plan
 
 
+def _spec(method: str | MethodSpec) -> MethodSpec:
+    if isinstance(method, str) and method not in METHODS:
+        raise SelectionError(f"unknown selection method {method!r}; expected one of {', '.join(METHODS)}")
+    return method_spec(method)
+
+
+def effective_config(cfg: SelectionConfig, spec: MethodSpec) -> SelectionConfig:
+    """The selection section with the method's own overrides applied."""
+    keys = ("quality_rule", "tau", "top_k", "min_mean", "shortfall", "seed")
+    update = {k: getattr(spec, k) for k in keys if getattr(spec, k) is not None}
+    return cfg.model_copy(update=update) if update else cfg
+
+
+@dataclass
+class PairContext:
+    """What the text-based methods and the oracle need beyond the scores, aligned to score rows."""
+
+    src: list[str] | None = None
+    tgt: list[str] | None = None
+    tgt_lang: str | None = None
+    labels: np.ndarray | None = None  # object [N]: noise label per score row ("" when unknown)
+    _text: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def text_score(self, name: str) -> np.ndarray:
+        """A cheap per-pair score (higher = more likely clean), computed once per context."""
+        if name not in self._text:
+            if self.src is None or self.tgt is None:
+                raise SelectionError(f"the {name!r} score needs the pool's source and target texts")
+            from gdig_core.text_filters import cheap_scores
+
+            self._text.update(cheap_scores(self.src, self.tgt, self.tgt_lang or "en"))
+        return self._text[name]
+
+
+def pair_context(
+    scores: ScoreTable, pool: pa.Table | None, labels: dict[str, str] | None, tgt_lang: str | None = None
+) -> PairContext:
+    """Align the pool's texts and the noise labels to the rows of ``scores``."""
+    ctx = PairContext(tgt_lang=tgt_lang)
+    if pool is not None:
+        rows = _pool_rows(pool, [str(i) for i in scores.ids])
+        ctx.src, ctx.tgt = rows.column("src").to_pylist(), rows.column("tgt").to_pylist()
+        if tgt_lang is None and rows.num_rows:
+            ctx.tgt_lang = rows.column("tgt_lang")[0].as_py()
+    if labels:
+        ctx.labels = np.array([labels.get(str(i), "") for i in scores.ids], dtype=object)
+    return ctx
+
+
+def _prefiltered(q: QualityResult, spec: MethodSpec, ctx: PairContext) -> QualityResult:
+    """Drop what the method's cheap pre-filters reject from eligibility (and the quality set)."""
+    if not spec.prefilter:
+        return q
+    from gdig_core.text_filters import rejected
+
+    excluded = dict(q.excluded)
+    eligible = q.eligible.copy()
+    for name in spec.prefilter:
+        bad = rejected(name, ctx.text_score(name)) & eligible
+        excluded[f"prefilter_{name}"] = int(bad.sum())
+        eligible &= ~bad
+    keep = eligible[q.order]
+    return QualityResult(eligible, q.mask & eligible, q.order[keep], excluded, q.rule + " after pre-filters "
+                         + "+".join(spec.prefilter))
+
+
+def _plan_ranked(
+    value: np.ndarray, q: QualityResult, budget: int, tie: np.ndarray, what: str
+) -> _Plan:
+    """The B eligible candidates with the highest ``value`` (ties by id)."""
+    elig = np.flatnonzero(q.eligible & np.isfinite(value))
+    order = elig[np.lexsort((tie[elig], -value[elig]))]
+    picked = order[:budget]
+    reasons = [f"{what}: rank {r} of {len(order)} (score {value[i]:.4g})" for r, i in enumerate(picked, start=1)]
+    plan = _Plan(picked.astype(np.int64), reasons, _status_base(q, False), score=value)
+    plan.status[picked] = SELECTED
+    if budget > len(order):
+        plan.shortfall = _all_eligible_shortfall(budget, len(order))
+    return plan
+
+
+def _plan_oracle(q: QualityResult, cfg: SelectionConfig, budget: int, tie: np.ndarray, ctx: PairContext) -> _Plan:
+    if ctx.labels is None or not (ctx.labels != "").any():
+        raise SelectionError("the clean oracle needs noise labels (data.noise, or a pool with a 'noise' column)")
+    clean = ctx.labels == "clean"
+    plan = _plan_random(QualityResult(q.eligible & clean, q.mask, q.order, q.excluded, q.rule), cfg, budget, tie)
+    plan.status[q.eligible & ~clean] = NOT_REACHED
+    plan.status[~q.eligible] = BAD
+    plan.reasons = [r.replace("random:", "oracle (clean pairs only):") for r in plan.reasons]
+    plan.score = clean.astype(np.float64)
+    return plan
+
+
 def plan_selection(
-    scores: ScoreTable, cfg: SelectionConfig, method: str, budget: int
+    scores: ScoreTable,
+    cfg: SelectionConfig,
+    method: str | MethodSpec,
+    budget: int,
+    ctx: PairContext | None = None,
 ) -> tuple[_Plan, QualityResult]:
     """Decide a selection without writing anything (see :func:`select`)."""
     check_budget(budget)
-    if method not in METHODS:
-        raise SelectionError(f"unknown selection method {method!r}; expected one of {', '.join(METHODS)}")
+    spec = _spec(method)
+    cfg = effective_config(cfg, spec)
+    ctx = ctx or PairContext()
+    try:
+        scores = scores.for_variant(spec.variant)
+    except KeyError as err:
+        raise SelectionError(str(err.args[0])) from None
     tie = id_order(scores.ids)
-    q = quality_rank(scores, cfg, budget, tie)
-    if method == "quality":
+    q = _prefiltered(quality_rank(scores, cfg, budget, tie), spec, ctx)
+    kind = spec.method
+    if kind == "quality":
         plan = _plan_quality(scores, q, cfg, budget, tie)
-    elif method in ("gdig", "diversity"):
-        plan = _plan_clustered(scores, q, cfg, budget, tie, method)  # type: ignore[arg-type]
-    elif method == "random":
+    elif kind in ("gdig", "diversity"):
+        plan = _plan_clustered(scores, q, cfg, budget, tie, kind)  # type: ignore[arg-type]
+    elif kind == "random":
         plan = _plan_random(q, cfg, budget, tie)
-    else:
+    elif kind == "full":
         plan = _plan_full(q, tie)
+    elif kind == "nll":
+        plan = _plan_ranked(-scores.loss, q, budget, tie, "lowest target NLL")
+    elif kind in TEXT_FILTERS:
+        plan = _plan_ranked(ctx.text_score(TEXT_FILTERS[kind]), q, budget, tie, f"{kind} filter")
+    elif kind == "oracle":
+        plan = _plan_oracle(q, cfg, budget, tie, ctx)
+    else:  # pragma: no cover - MethodSpec validates the kind
+        raise SelectionError(f"unknown selection method {kind!r}")
+    if plan.score is None and kind in ("gdig", "quality"):
+        plan.score = scores.benefit_mean
     return plan, q
 
 
@@ -653,9 +781,10 @@ def check_budget(budget: int) -> None:
 # Output
 
 
-def selection_dir(root: str | Path, method: str, budget: int) -> Path:
-    """Conventional output directory: ``<root>/<method>/b<budget>``; ``full`` is ``<root>/full/all``."""
-    return Path(root) / method / ("all" if method == "full" else f"b{int(budget)}")
+def selection_dir(root: str | Path, name: str, budget: int, kind: str | None = None) -> Path:
+    """Conventional output directory: ``<root>/<name>/b<budget>``; a method of kind ``full``
+    (default: named ``full``) has one, ``<root>/<name>/all``."""
+    return Path(root) / name / ("all" if (kind or name) == "full" else f"b{int(budget)}")
 
 
 def _pool_rows(pool: pa.Table, ids: Sequence[str]) -> pa.Table:
@@ -678,7 +807,8 @@ def _selected_table(scores: ScoreTable, pool: pa.Table, plan: _Plan) -> pa.Table
     ids = [str(scores.ids[i]) for i in picked]
     table = _pool_rows(pool, ids)
     cluster = plan.cluster[picked] if plan.cluster is not None else np.full(len(picked), -1, np.int32)
-    table = table.append_column("score", pa.array(scores.benefit_mean[picked], type=pa.float64()))
+    score = plan.score if plan.score is not None else scores.benefit_mean
+    table = table.append_column("score", pa.array(score[picked], type=pa.float64(), from_pandas=True))
     table = table.append_column("rank", pa.array(np.arange(1, len(picked) + 1), type=pa.int64()))
     table = table.append_column("cluster", pa.array(cluster, type=pa.int32(), mask=cluster < 0))
     return table.append_column("reason", pa.array(plan.reasons, type=pa.string()))
@@ -701,7 +831,8 @@ def _candidates_table(scores: ScoreTable, plan: _Plan) -> pa.Table:
             "status": pa.DictionaryArray.from_arrays(
                 pa.array(plan.status, type=pa.int8()), pa.array(STATUSES)
             ),
-            "score": pa.array(scores.benefit_mean, type=pa.float64(), from_pandas=True),
+            "score": pa.array(plan.score if plan.score is not None else scores.benefit_mean,
+                              type=pa.float64(), from_pandas=True),
             "frac_pos": pa.array(scores.benefit_frac_pos, type=pa.float64(), from_pandas=True),
             "rank": opt_int(rank, pa.int64()),
             "quality_rank": opt_int(plan.quality_rank, pa.int64()),
@@ -735,11 +866,14 @@ def score_stats(values: np.ndarray) -> dict[str, Any]:
 
 
 def _summary(
-    scores: ScoreTable, cfg: SelectionConfig, method: str, budget: int, plan: _Plan, q: QualityResult
+    scores: ScoreTable, cfg: SelectionConfig, spec: MethodSpec, budget: int, plan: _Plan, q: QualityResult
 ) -> dict[str, Any]:
     counts = np.bincount(plan.status, minlength=len(STATUSES))
     return {
-        "method": method,
+        "method": spec.name,
+        "kind": spec.method,
+        "spec": spec.model_dump(mode="json"),
+        "variant": scores.primary_variant,
         "budget": budget,
         "size": int(len(plan.picked)),
         "shortfall": plan.shortfall,
@@ -780,27 +914,42 @@ def select(
     scores: ScoreTable,
     pool: pa.Table,
     cfg: SelectionConfig,
-    method: str,
+    method: str | MethodSpec,
     budget: int,
     out_dir: str | Path,
     plots: bool = True,
+    labels: dict[str, str] | None = None,
+    tgt_lang: str | None = None,
 ) -> SelectionResult:
     """Select ``budget`` candidates with ``method`` and write every output file into ``out_dir``.
 
     ``scores`` comes from :func:`gdig_core.scores.read_scores`; ``pool`` is the pair table
-    (columns ``id, src_lang, tgt_lang, src, tgt``) holding at least the selected ids. Raises
-    :class:`SelectionError` for a non-positive budget, an unknown method or ids missing from
-    the pool. Each file is written atomically and ``summary.json`` last, after the previous one
-    was removed: a directory with a ``summary.json`` holds one complete selection.
+    (columns ``id, src_lang, tgt_lang, src, tgt``) holding every scored id. ``method`` is a
+    built-in kind or a :class:`~gdig_core.config.MethodSpec`. ``labels`` (id -> noise label)
+    enables the clean oracle and adds the clean share and the ROC AUC of the method's score per
+    noise kind to ``summary.json``. Raises :class:`SelectionError` for a non-positive budget, an
+    unknown method, a missing score variant or ids missing from the pool. Each file is written
+    atomically and ``summary.json`` last, after the previous one was removed: a directory with a
+    ``summary.json`` holds one complete selection.
     """
     out = Path(out_dir)
-    plan, q = plan_selection(scores, cfg, method, budget)
+    check_budget(budget)
+    spec = _spec(method)
+    try:
+        scores = scores.for_variant(spec.variant)
+    except KeyError as err:
+        raise SelectionError(str(err.args[0])) from None
+    ctx = pair_context(scores, pool, labels, tgt_lang)
+    plan, q = plan_selection(scores, cfg, spec, budget, ctx)
+    eff = effective_config(cfg, spec)
     (out / "summary.json").unlink(missing_ok=True)  # until the new files are all in place
     if plan.shortfall:
-        plan.shortfall["method"] = method
-        log.warning("selection %s b%d: %s", method, budget, plan.shortfall["message"])
+        plan.shortfall["method"] = spec.name
+        log.warning("selection %s b%d: %s", spec.name, budget, plan.shortfall["message"])
     selected = _selected_table(scores, pool, plan)
-    summary = _summary(scores, cfg, method, budget, plan, q)
+    summary = _summary(scores, eff, spec, budget, plan, q)
+    if ctx.labels is not None:
+        summary["noise"] = _noise_summary(ctx.labels, plan)
     files = {
         "selected_jsonl": out / "selected.jsonl",
         "selected_parquet": out / "selected.parquet",
@@ -819,7 +968,24 @@ def select(
     summary["files"] = sorted(p.name for p in files.values())
     atomic_write_json(files["summary"], summary)
     ids = selected.column("id").to_pylist()
-    return SelectionResult(method, budget, out, ids, plan.shortfall, summary, files)
+    return SelectionResult(spec.name, budget, out, ids, plan.shortfall, summary, files)
+
+
+def _noise_summary(labels: np.ndarray, plan: _Plan) -> dict[str, Any]:
+    """Clean share of the selection, its noise by kind, and the ROC AUC of the method's score
+    at ranking clean above each noise kind (over every labelled candidate)."""
+    from gdig_core.noise_eval import auc_by_kind
+
+    picked = labels[plan.picked]
+    known = picked[picked != ""]
+    out: dict[str, Any] = {
+        "clean_share": float((known == "clean").mean()) if len(known) else None,
+        "selected_by_kind": dict(sorted(Counter(str(k) for k in known).items())),
+    }
+    if plan.score is not None:
+        ids = [str(i) for i in range(len(labels))]
+        out["auc"] = auc_by_kind(ids, plan.score, {i: str(k) for i, k in zip(ids, labels, strict=True) if k})
+    return out
 
 
 def load_scores(paths: str | Path | Sequence[str | Path]) -> ScoreTable:
@@ -859,11 +1025,11 @@ def run_selection(
 ) -> list[SelectionResult]:
     """Every configured method for every budget into :func:`selection_dir` (``full`` once)."""
     results = []
-    for method in cfg.methods:
-        budgets = [max(cfg.budgets)] if method == "full" else cfg.budgets
+    for spec in cfg.methods:
+        budgets = [max(cfg.budgets)] if spec.method == "full" else cfg.budgets
         for budget in budgets:
             results.append(
-                select(scores, pool, cfg, method, budget, selection_dir(root, method, budget), plots)
+                select(scores, pool, cfg, spec, budget, selection_dir(root, spec.name, budget, spec.method), plots)
             )
     index = [
         {

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from gdig_core.config import GdigConfig
-from gdig_core.io import file_sha256, text_sha256
+from gdig_core.integrity import file_digest
+from gdig_core.io import text_sha256
 
 _SMALL_FILE = 16 << 20
 
@@ -21,13 +22,13 @@ def model_fingerprint(path_or_id: str) -> str:
     if not p.exists():
         return text_sha256("hub", path_or_id)
     if p.is_file():
-        return file_sha256(p)
+        return file_digest(p)
     parts: list[str] = []
     for f in sorted(x for x in p.rglob("*") if x.is_file()):
         st = f.stat()
         parts += [f.relative_to(p).as_posix(), str(st.st_size)]
         if st.st_size <= _SMALL_FILE:
-            parts.append(file_sha256(f))
+            parts.append(file_digest(f))
     return text_sha256(*parts)
 
 
@@ -40,7 +41,7 @@ def raw_file_hashes(paths: dict[str, Path | None]) -> dict[str, str]:
         if path.is_dir():
             out[name] = model_fingerprint(str(path))
         else:
-            out[name] = file_sha256(path) if path.exists() else "missing"
+            out[name] = file_digest(path) if path.exists() else "missing"
     return out
 
 

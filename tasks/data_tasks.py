@@ -36,11 +36,23 @@ def prepare_data_task(cfg: GdigConfig, run_dir: str) -> StageOutput:
     """Read, validate, dedup and sample the pool and seed into Parquet (content hashes in the summary)."""
     calls = stage_calls("data", cfg)
 
-    def compute(out: Path, work: Path) -> dict[str, Any]:
-        return calls["prepare"](out_dir=out)
+    noise = cfg.data.noise
 
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        translator = calls["weak_mt"]() if "weak_mt" in calls else None
+        return calls["prepare"](out_dir=out, weak_translator=translator)
+
+    inputs = _raw_inputs(cfg)
+    if noise is not None and noise.third_language is not None:
+        third = noise.third_language
+        inputs |= raw_file_hashes({"third_language": resolve_data_path(cfg.data, third.path),
+                                   "third_language_tgt": resolve_data_path(cfg.data, third.tgt_path) if third.tgt_path else None})
+    if "weak_mt" in calls:  # the weak system's weights decide the low_quality_mt targets
+        from gdig_core.models import model_path
+
+        inputs["weak_mt"] = model_fingerprint(model_path(calls["weak_mt"].kwargs["model_cfg"]))
     # data_summary.json names the files read by absolute path: not part of the content.
-    result = run_stage(run_dir, "data", _raw_inputs(cfg), *key_parts(calls), compute, volatile=["data_summary.json"])
+    result = run_stage(run_dir, "data", inputs, *key_parts(calls), compute, volatile=["data_summary.json"])
     summary = result.summary
     artifacts.table(
         artifacts.artifact_key("data-summary"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from gdig_core.config import GdigConfig
+from gdig_core.config import GdigConfig, MethodSpec
 from tasks import artifacts
 from tasks.common import gpu_slot, raw_file_hashes, stage_state
 from tasks.data_tasks import TASK_OPTS, pool_hash
@@ -16,13 +16,29 @@ from tasks.faults import kill_point
 from tasks.stage_cache import StageOutput, run_stage
 from tasks.stage_keys import key_parts, stage_calls
 
+#: What a finetune and its evaluation carry from the selection they came from (report labels).
+_SELECTION_KEYS = ("method", "kind", "model", "budget", "size")
 
-def selection_label(method: str, budget: int) -> str:
-    return f"selection/{method}/" + ("all" if method == "full" else f"b{budget}")
+
+def selection_label(method: str, budget: int, kind: str | None = None) -> str:
+    return f"selection/{method}/" + ("all" if (kind or method) == "full" else f"b{budget}")
+
+
+def noise_labels(data: StageOutput) -> dict[str, str] | None:
+    """id -> noise label when the pool carries labels (data.noise or a corrupted pool file)."""
+    path = data.path("noise_labels.parquet")
+    if not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return dict(zip(table.column("id").to_pylist(), table.column("noise").to_pylist(), strict=True))
 
 
 @task(name="select", **TASK_OPTS)
-def select_task(cfg: GdigConfig, run_dir: str, data: StageOutput, scores: StageOutput, method: str, budget: int) -> StageOutput:
+def select_task(
+    cfg: GdigConfig, run_dir: str, data: StageOutput, scores: StageOutput, spec: MethodSpec, budget: int
+) -> StageOutput:
     """One method at one budget: ``selected.parquet``/``.jsonl``, ``candidates.parquet``, ``summary.json``."""
     from gdig_core.data import read_pairs
     from gdig_core.scores import read_scores
@@ -30,16 +46,21 @@ def select_task(cfg: GdigConfig, run_dir: str, data: StageOutput, scores: StageO
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         shard_paths = sorted(Path(scores.dir).glob("scores/*.parquet"))
-        result = select(read_scores(shard_paths), read_pairs(data.path("pool.parquet")), cfg.selection, method, budget, out)
-        return {"method": method, "budget": budget, "size": result.size,
-                "shortfall": result.shortfall["message"] if result.shortfall else None}
+        result = select(read_scores(shard_paths), read_pairs(data.path("pool.parquet")), cfg.selection, spec, budget,
+                        out, labels=noise_labels(data), tgt_lang=cfg.data.tgt_lang)
+        return {"method": spec.name, "kind": spec.method, "model": scores.summary.get("model"), "budget": budget,
+                "size": result.size, "shortfall": result.shortfall["message"] if result.shortfall else None,
+                "noise": result.summary.get("noise")}
 
+    label = selection_label(spec.name, budget, spec.method)
+    inputs = {"scores": scores.digest("scores"), "pool": pool_hash(data)}
+    if data.path("noise_labels.parquet").exists():
+        inputs["labels"] = data.digest("noise_labels.parquet")
     result = run_stage(
-        run_dir, "selection", {"scores": scores.digest("scores"), "pool": pool_hash(data)},
-        *key_parts(stage_calls("selection", cfg, method=method, budget=budget)), compute,
-        label=selection_label(method, budget),
+        run_dir, "selection", inputs, *key_parts(stage_calls("selection", cfg, method=spec, budget=budget)),
+        compute, label=label,
     )
-    return stage_state(result, result.cached, selection_label(method, budget))
+    return stage_state(result, result.cached, label)
 
 
 @task(name="finetune", **TASK_OPTS)
@@ -57,15 +78,16 @@ def finetune_task(
             model_dir = calls["train"](pairs=table, out_dir=work / "model", base_model=base[0], progress=False,
                                        on_step=lambda step, loss: kill_point("finetune", step))
         shutil.move(str(model_dir), out / "model")
-        return {**{k: selection.summary.get(k) for k in ("method", "budget", "size")}, "seed": seed}
+        return {**{k: selection.summary.get(k) for k in _SELECTION_KEYS}, "seed": seed}
 
-    label = selection_label(selection.summary["method"], selection.summary["budget"]).replace("selection", "finetune")
+    label = selection_label(selection.summary["method"], selection.summary["budget"],
+                            selection.summary.get("kind")).replace("selection", "finetune", 1)
     result = run_stage(
         run_dir, "finetune", {"base": base[1], "train_pairs": selection.digest("selected.parquet")},
         *key_parts(calls), compute, label=f"{label}/s{seed}", volatile=["model/training_summary.json"],
     )
     # Two methods that selected the same pairs share one cached model; the caller's labels win.
-    meta = {k: selection.summary.get(k) for k in ("method", "budget", "size")} | {"seed": seed}
+    meta = {k: selection.summary.get(k) for k in _SELECTION_KEYS} | {"seed": seed}
     return stage_state(result.model_copy(update={"summary": result.summary | meta}), result.cached, f"{label}/s{seed}")
 
 

@@ -28,6 +28,8 @@ def configure_local_prefect(run_dir: str | Path) -> dict[str, str]:
     setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     setdefault("DO_NOT_TRACK", "1")
     setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The method's own progress lines (finetune steps, evaluation scores) in the run's logs and UI.
+    setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gdig_core")
     if os.environ.get("PREFECT_API_URL"):
         return changed
     home = Path(run_dir).resolve() / ".prefect"

@@ -10,8 +10,12 @@ from typing import Any
 from gdig_core.config import GdigConfig
 
 
-def precondition_call(cfg: GdigConfig, checkpoint: str, seed_path: Path, factors_path: Path, out_path: Path) -> dict[str, Any]:
-    from gdig_core.curvature import load_factors
+def precondition_call(
+    cfg: GdigConfig, checkpoint: str, seed_path: Path, factor_paths: dict[str, Path], out_paths: dict[str, Path]
+) -> dict[str, Any]:
+    """Precondition the seeds under every preconditioner in ``factor_paths`` (method -> file) in one
+    capture pass; write one file per method to ``out_paths``."""
+    from gdig_core.curvature import load_factors, share_eigenbases
     from gdig_core.data import read_pairs
     from gdig_core.encoding import encode_pairs, iter_batches
     from gdig_core.influence import precondition_seeds
@@ -20,15 +24,18 @@ def precondition_call(cfg: GdigConfig, checkpoint: str, seed_path: Path, factors
 
     model, tokenizer = loaded_model(cfg, checkpoint)
     encoded = encode_pairs(tokenizer, read_pairs(seed_path).to_pylist(), cfg)
-    factors = load_factors(factors_path)
+    factors = share_eigenbases({m: load_factors(p) for m, p in factor_paths.items()})
 
     def run(batch_size: int):  # noqa: ANN202
         batches = iter_batches(encoded, batch_size, tokenizer.pad_token_id)
         return precondition_seeds(model, batches, factors, cfg.curvature, cfg.scoring)
 
     pre = with_oom_backoff(run, cfg.scoring.batch_size)
-    pre.save(out_path)
-    return {"seeds": len(pre.seed_ids), "bad_seeds": pre.bad_seeds, "rank": pre.rank, "layers": len(pre.modules)}
+    for method, p in pre.items():
+        p.save(out_paths[method])
+    first = next(iter(pre.values()))
+    return {"seeds": len(first.seed_ids), "bad_seeds": first.bad_seeds, "rank": first.rank,
+            "layers": len(first.modules), "methods": list(pre)}
 
 
 def score_shard_call(
@@ -36,7 +43,11 @@ def score_shard_call(
 ) -> dict[str, Any]:
     from gdig_core.curvature import load_factors
     from gdig_core.influence import Preconditioned, score_shard
+    from gdig_core.variants import score_variants
 
-    summary = score_shard(model, batches, Preconditioned.load(inputs["precond"]), load_factors(inputs["factors"]),
-                          cfg.scoring, out_path)
+    precond = {name.split(":", 1)[1]: Preconditioned.load(path) for name, path in inputs.items()
+               if name.startswith("precond:")}
+    variants = score_variants(cfg.curvature.method, cfg.scoring.variants)
+    summary = score_shard(model, batches, precond, load_factors(inputs["factors"]), cfg.scoring, out_path,
+                          variants=variants)
     return {k: v for k, v in summary.items() if k != "path"}

@@ -40,6 +40,8 @@ WHOLE: Path_ = ()
 _PARSE_LOCK = threading.Lock()
 #: pydantic methods that read the whole object (less a literal ``exclude={...}``).
 _DUMP_METHODS = {"model_dump", "model_dump_json", "model_copy"}
+#: Builtins that look at an object without reading its fields.
+_NO_READ_CALLS = {"isinstance", "type", "id", "callable"}
 
 
 # ------------------------------------------------------------------------------ modules
@@ -167,8 +169,12 @@ class _Reads:
 
     def __init__(self, module: ModuleInfo, param: str) -> None:
         self.module = module
+        self.param = param
         self.aliases: dict[str, list[Path_]] = {param: [WHOLE]}
         self.found: set[Path_] = set()
+        #: Paths (under ``param``) that the function returns as config objects (``return cfg``,
+        #: ``return cfg.model_copy(update=...)``): the caller tracks reads through them.
+        self.returned: set[Path_] = set()
 
     def read(self, name: str, attrs: Path_) -> None:
         for base in self.aliases[name]:
@@ -220,13 +226,21 @@ class _Reads:
                 return
         self.read(name, prefix)
 
-    def call(self, node: ast.Call) -> None:
+    def call(self, node: ast.Call, keep_returned: bool = False) -> list[Path_]:
+        """Walk a call; return the config paths it returns when ``keep_returned`` (else those
+        count as read: the result is used in a way this walk does not follow)."""
+        if isinstance(node.func, ast.Name) and node.func.id in _NO_READ_CALLS and node.func.id not in self.aliases:
+            for arg in node.args:
+                if self.config_chain(arg) is None:
+                    self.expr(arg)
+            return []
         func_chain = self.config_chain(node.func)
         if func_chain and func_chain[1]:
             self.method_call(func_chain[0], func_chain[1], node)
         else:
             self.expr(node.func)
         target = self.resolve(node.func)
+        returned: list[Path_] = []
         params: list[str] = []
         kwonly: set[str] = set()
         if target is not None:
@@ -238,7 +252,7 @@ class _Reads:
             if chain is None:
                 self.expr(arg)
             elif target is not None and i < len(params) and not isinstance(arg, ast.Starred):
-                self.callee(target, params[i], *chain)
+                returned += self.callee(target, params[i], *chain)
             else:
                 self.read(*chain)
         for kw in node.keywords:
@@ -246,28 +260,58 @@ class _Reads:
             if chain is None:
                 self.expr(kw.value)
             elif target is not None and kw.arg is not None and (kw.arg in params or kw.arg in kwonly):
-                self.callee(target, kw.arg, *chain)
+                returned += self.callee(target, kw.arg, *chain)
             else:
                 self.read(*chain)
+        if not keep_returned:
+            self.found.update(returned)
+            return []
+        return returned
 
-    def callee(self, target: tuple[str, str], param: str, name: str, attrs: Path_) -> None:
+    def callee(self, target: tuple[str, str], param: str, name: str, attrs: Path_) -> list[Path_]:
+        """Count what the callee reads through ``param``; return the paths it hands back."""
         fdef = module_info(target[0]).functions[target[1]]
-        for rel in _function_reads(target[0], fdef, param):
+        reads, returned = _function_walk(target[0], fdef, param)
+        for rel in reads:
             self.read(name, attrs + rel)
+        return [base + attrs + rel for rel in returned for base in self.aliases[name]]
+
+    def alias_paths(self, value: ast.AST) -> list[Path_] | None:
+        """The config paths ``value`` evaluates to, when it is a config object: ``cfg.a``,
+        ``cfg.a.model_copy(update=...)``, ``f(cfg)`` for a project ``f`` returning its argument,
+        or an ``x if c else y`` of those. None for anything else. Walks what it evaluates."""
+        if isinstance(value, ast.IfExp):
+            body, orelse = self.alias_paths(value.body), None
+            if body is not None:
+                orelse = self.alias_paths(value.orelse)
+            if body is None or orelse is None:
+                return None
+            self.expr(value.test)
+            return body + orelse
+        chain = self.config_chain(value)
+        if chain is not None:
+            return [base + chain[1] for base in self.aliases[chain[0]]]
+        if not isinstance(value, ast.Call):
+            return None
+        func_chain = self.config_chain(value.func)
+        if func_chain and func_chain[1] and func_chain[1][-1] == "model_copy":
+            for kw in value.keywords:
+                self.expr(kw.value)
+            return [base + func_chain[1][:-1] for base in self.aliases[func_chain[0]]]
+        returned = self.call(value, keep_returned=True)
+        return returned if returned else None
 
     def assign(self, node: ast.Assign | ast.AnnAssign) -> bool:
-        """``x = cfg.a`` (or ``x = cfg.a if c else cfg.b``): an alias, not yet a read."""
+        """``x = cfg.a`` (or another alias expression): an alias, not yet a read."""
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
         value = node.value
         if value is None or len(targets) != 1 or not isinstance(targets[0], ast.Name):
             return False
-        options = [value.body, value.orelse] if isinstance(value, ast.IfExp) else [value]
-        chains = [self.config_chain(v) for v in options]
-        if not all(chains):
-            return False
-        if isinstance(value, ast.IfExp):
-            self.expr(value.test)
-        paths = [base + c[1] for c in chains for base in self.aliases[c[0]]]
+        if isinstance(value, ast.Call) and self.config_chain(value.func) is None and self.resolve(value.func) is None:
+            return False  # not a config expression: walked as usual
+        paths = self.alias_paths(value)
+        if paths is None:
+            return isinstance(value, ast.Call)  # a project call already walked (its result is not config)
         self.aliases[targets[0].id] = paths
         return True
 
@@ -283,31 +327,43 @@ class _Reads:
             return
         if isinstance(node, ast.Assign | ast.AnnAssign) and self.assign(node):
             return
+        if isinstance(node, ast.Return) and node.value is not None:
+            paths = self.alias_paths(node.value)
+            if paths is not None:
+                self.returned.update(paths)
+                return
         for child in ast.iter_child_nodes(node):
             self.expr(child)
 
 
-_READS: dict[tuple[str, int, str], frozenset[Path_]] = {}
+_READS: dict[tuple[str, int, str], tuple[frozenset[Path_], frozenset[Path_]]] = {}
 _IN_PROGRESS: set[tuple[str, int, str]] = set()
 _READS_LOCK = threading.RLock()
 
 
-def _function_reads(module: str, fdef: ast.FunctionDef, param: str) -> frozenset[Path_]:
+def _function_walk(module: str, fdef: ast.FunctionDef, param: str) -> tuple[frozenset[Path_], frozenset[Path_]]:
+    """(paths read, paths returned as config objects) through ``param`` of ``fdef``."""
     key = (module, fdef.lineno, param)
     with _READS_LOCK:
         if key in _READS:
             return _READS[key]
-        if key in _IN_PROGRESS:  # recursion: the outer walk collects the rest
-            return frozenset()
+        if key in _IN_PROGRESS:  # recursion: count it all as read rather than guess
+            return frozenset({WHOLE}), frozenset()
         _IN_PROGRESS.add(key)
         try:
             walk = _Reads(module_info(module), param)
             for stmt in fdef.body:
                 walk.expr(stmt)
-            _READS[key] = _normalise(walk.found)
+            _READS[key] = (_normalise(walk.found), frozenset(walk.returned))
         finally:
             _IN_PROGRESS.discard(key)
         return _READS[key]
+
+
+def _function_reads(module: str, fdef: ast.FunctionDef, param: str) -> frozenset[Path_]:
+    """Paths read through ``param``; config objects it returns count as read (no caller to follow)."""
+    reads, returned = _function_walk(module, fdef, param)
+    return _normalise(reads | returned)
 
 
 def _normalise(paths: Iterable[Path_]) -> frozenset[Path_]:

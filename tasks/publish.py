@@ -31,7 +31,7 @@ def publish_outputs(
     selected: dict[str, str] = {}
     for sel in selections:
         m, b = sel.summary["method"], sel.summary["budget"]
-        sub = inside(root, "selection", m, "all" if m == "full" else f"b{b}")
+        sub = inside(root, "selection", m, "all" if sel.summary.get("kind", m) == "full" else f"b{b}")
         sub.parent.mkdir(parents=True, exist_ok=True)
         _mirror(Path(sel.dir), sub)
         selected[f"{m}/{sub.name}"] = str(sub / "selected.jsonl")

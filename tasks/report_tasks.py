@@ -7,26 +7,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from prefect import task
 
 from gdig_core.config import GdigConfig
 from gdig_core.io import text_sha256
 from tasks.common import stage_state
 from tasks.data_tasks import TASK_OPTS
+from tasks.downstream_tasks import noise_labels
 from tasks.stage_cache import StageOutput, run_stage
 from tasks.stage_keys import key_parts, stage_calls
 
 
-def clean_share(selected: Path, labels: Path) -> float | None:
-    """Share of selected pairs labelled ``clean`` when the pool carries noise labels
-    (``gdig data corrupt``; the data stage keeps them in ``noise_labels.parquet``)."""
-    if not labels.exists():
-        return None
-    noise = dict(zip(*(pq.read_table(labels).column(c).to_pylist() for c in ("id", "noise")), strict=True))
-    ids = pq.read_table(selected, columns=["id"]).column("id").to_pylist()
-    known = [noise[i] for i in ids if i in noise]
-    return sum(v == "clean" for v in known) / len(known) if known else None
+def _stage_label(out: StageOutput) -> str:
+    s = out.summary
+    parts = [out.stage] + [str(s[k]) for k in ("model", "method") if s.get(k)]
+    if s.get("budget"):
+        parts.append(f"b{s['budget']}")
+    if s.get("seed") is not None:
+        parts.append(f"s{s['seed']}")
+    return "/".join(parts)
+
+
+def stage_times(stages: list[StageOutput]) -> list[dict[str, Any]]:
+    """How long each stage took when it was computed, and whether this run reused it."""
+    return [{"stage": _stage_label(o), "seconds": round(o.seconds, 1) if o.seconds is not None else None,
+             "cached in this run": o.cached} for o in stages]
 
 
 def _labels(summary: dict[str, Any]) -> dict[str, Any]:
@@ -35,19 +40,39 @@ def _labels(summary: dict[str, Any]) -> dict[str, Any]:
 
 @task(name="report", **TASK_OPTS)
 def report_task(
-    cfg: GdigConfig, run_dir: str, data: StageOutput, selections: list[StageOutput], evaluations: list[StageOutput]
+    cfg: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput],
+    selections: list[StageOutput], evaluations: list[StageOutput], stages: list[StageOutput],
+    command: str | None = None,
 ) -> StageOutput:
-    calls = stage_calls("report", cfg)
+    calls = stage_calls("report", cfg, command=command)
+
+    labels = noise_labels(data)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        sels = [s.summary | {"clean_share": clean_share(s.path("selected.parquet"), data.path("noise_labels.parquet"))} for s in selections]
-        evs = [e.summary for e in evaluations]
         pool = data.summary.get("pool", {})
         notes = [f"pool: {pool.get('rows_kept')} pairs kept of {pool.get('rows_read')} read "
-                 f"({pool.get('quarantined')} quarantined, {pool.get('duplicates_removed')} duplicates)",
+                 f"({pool.get('quarantined')} quarantined, {pool.get('duplicates_removed')} duplicates, "
+                 f"{pool.get('filtered_by_length', 0)} over the length filter)",
                  f"seed: {data.summary.get('seed', {}).get('rows_kept')} pairs"]
-        result = calls["report"](evs, sels, out, notes=notes)
-        return {"rows": result["rows"]}
+        if pool.get("noise_labels"):
+            notes.append("noise labels: " + ", ".join(f"{k} {v}" for k, v in sorted(pool["noise_labels"].items())))
+        aucs: list[dict[str, Any]] = []
+        histogram = None
+        if labels:
+            from gdig_core.data import read_pairs
+            from gdig_core.evidence import auc_rows, plot_histograms
+            from gdig_core.scores import read_scores
+
+            tables = {label: read_scores(sorted(Path(o.dir).glob("scores/*.parquet"))) for label, o in scores.items()}
+            ids, named = calls["evidence"](read_pairs(data.path("pool.parquet")), tables)
+            aucs = auc_rows(ids, named, labels)
+            if plot_histograms(ids, named, labels, str(out / "score_distributions.png")):
+                histogram = "score_distributions.png"
+        result = calls["report"](
+            [e.summary for e in evaluations], [s.summary for s in selections], out,
+            notes=notes, score_aucs=aucs, histogram=histogram, stage_times=stage_times(stages),
+        )
+        return {"rows": result["rows"], "score_aucs": aucs}
 
     # Content of what is reported, so an identical recomputed selection keeps the report cached.
     # Labels (method, budget, seed) are what the report shows beside the outputs: hash them too. An
@@ -55,6 +80,8 @@ def report_task(
     inputs = {"selections": text_sha256(*sorted(s.digest() + json.dumps(s.summary, sort_keys=True) for s in selections)),
               "evaluations": text_sha256(*sorted(e.digest() + json.dumps(_labels(e.summary), sort_keys=True)
                                                  for e in evaluations)),
-              "data": data.digest()}
+              "scores": text_sha256(*sorted(f"{k}={o.digest()}" for k, o in scores.items())),
+              "data": data.digest(),
+              "stages": text_sha256(json.dumps(stage_times(stages), sort_keys=True))}
     result = run_stage(run_dir, "report", inputs, *key_parts(calls), compute)
     return stage_state(result, result.cached, "report")

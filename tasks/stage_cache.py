@@ -96,6 +96,8 @@ class StageOutput(BaseModel):
     volatile: list[str] = Field(default_factory=list)
     summary: dict[str, Any] = Field(default_factory=dict)
     cached: bool = False
+    #: Wall time of the computation that produced these outputs (whenever it ran).
+    seconds: float | None = None
 
     def path(self, name: str) -> Path:
         return Path(self.dir) / name
@@ -167,7 +169,7 @@ def check_manifest(root: str | Path) -> tuple[dict[str, Any] | None, str | None]
 def _output(stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool) -> StageOutput:
     files = {rel: meta["digest"] for rel, meta in manifest["files"].items()}
     return StageOutput(stage=stage, key=key, dir=str(root), files=files, volatile=manifest.get("volatile", []),
-                       summary=manifest.get("summary", {}), cached=cached)
+                       summary=manifest.get("summary", {}), cached=cached, seconds=manifest.get("seconds"))
 
 
 def lookup(run_dir: str | Path, stage: str, key: str, label: str | None = None) -> StageOutput | None:

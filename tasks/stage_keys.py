@@ -146,23 +146,35 @@ def _model_calls(cfg: GdigConfig) -> StageCalls:
 
 
 def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
-    """The method calls of ``stage`` with what the stage passes them. ``params``: ``method`` and
-    ``budget`` for selection, ``seed`` for finetune."""
+    """The method calls of ``stage`` with what the stage passes them. ``params``: ``method`` (a
+    MethodSpec or the name of one in selection.methods) and ``budget`` for selection, ``seed``
+    for finetune."""
     from gdig_core import (
         curvature,
         data,
         encoding,
         evaluation,
+        evidence,
         hooks,
         influence,
         models,
         report,
         selection,
         training,
+        variants,
+        weak_mt,
     )
 
     if stage == "data":
-        return {"prepare": CoreCall(data.prepare_data, data_cfg=cfg.data, language_names=cfg.prompt.language_names)}
+        calls: StageCalls = {
+            "prepare": CoreCall(data.prepare_data, data_cfg=cfg.data, language_names=cfg.prompt.language_names)}
+        noise = cfg.data.noise
+        if noise is not None and "low_quality_mt" in noise.kinds and noise.weak_mt is not None:
+            weak = noise.weak_mt
+            calls["weak_mt"] = CoreCall(weak_mt.weak_translator, model_cfg=cfg.model.model_copy(update={"name": weak.model}),
+                                        src_lang=cfg.data.src_lang, tgt_lang=cfg.data.tgt_lang,
+                                        batch_size=weak.batch_size, max_new_tokens=weak.max_new_tokens)
+        return calls
     if stage == "base-model":
         return {"build": CoreCall(models.build_tiny_model, cfg=cfg.model.tiny, seed=0)}
     if stage == "reference":
@@ -170,10 +182,14 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         return {"sample": CoreCall(data.sample_rows, sample=cfg.reference.sample, seed=train.seed),
                 "train": CoreCall(training.finetune, cfg=cfg, train_cfg=train)}
     curv = cfg.curvature
+    # The preconditioners the score variants need; for the factors, only which statistics passes
+    # they take (adding a K-FAC variant to an EK-FAC run reuses the factors).
+    methods = variants.curvature_methods(variants.score_variants(curv.method, cfg.scoring.variants))
     if stage == "curvature":
+        passes = [any(m != "identity" for m in methods), "ekfac" in methods]
         return _model_calls(cfg) | {
             "sample": CoreCall(data.sample_rows, sample=curv.sample, seed=curv.sampling_seed),
-            "shards": Setting(shard_size=curv.shard_size),
+            "shards": Setting(shard_size=curv.shard_size, passes=passes),
             "batches": CoreCall(encoding.iter_batches, batch_size=curv.batch_size),
             "tracked": CoreCall(hooks.select_tracked_modules, cfg=curv),
             "covariance": CoreCall(curvature.covariance_stats, cfg=curv),
@@ -185,6 +201,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         return _model_calls(cfg) | {
             "batches": CoreCall(encoding.iter_batches, batch_size=cfg.scoring.batch_size),
             "precondition": CoreCall(influence.precondition_seeds, cfg_curv=curv, cfg_score=cfg.scoring),
+            "preconditioners": Setting(methods=methods),
         }
     if stage == "scoring":
         return _model_calls(cfg) | {
@@ -192,17 +209,27 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
             "batches": CoreCall(encoding.iter_batches, batch_size=cfg.scoring.batch_size),
             "tracked": CoreCall(hooks.select_tracked_modules, cfg=curv),
             "score": CoreCall(influence.score_shard, cfg_score=cfg.scoring),
+            "variants": Setting(variants=[v.name for v in variants.score_variants(curv.method, cfg.scoring.variants)]),
         }
     if stage == "selection":
-        return {"select": CoreCall(selection.select, cfg=cfg.selection, method=params["method"],
-                                   budget=params["budget"])}
+        spec = params["method"]
+        if isinstance(spec, str):  # a method's name in selection.methods
+            spec = next(m for m in cfg.selection.methods if m.name == spec)
+        return {"select": CoreCall(selection.select, cfg=cfg.selection, method=spec, budget=params["budget"],
+                                   tgt_lang=cfg.data.tgt_lang)}
     if stage == "finetune":
         train = cfg.finetune.train.model_copy(update={"seed": params["seed"]})
         return {"train": CoreCall(training.finetune, cfg=cfg, train_cfg=train)}
     if stage == "evaluation":
         return {"evaluate": CoreCall(evaluation.evaluate_model, cfg=cfg)}
     if stage == "report":
-        return {"report": CoreCall(report.build_report, title=f"G-DIG report: {cfg.name}")}
+        import yaml
+
+        # The report prints the whole config and the command that ran it.
+        return {"report": CoreCall(report.build_report, title=f"G-DIG report: {cfg.name}",
+                                   config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
+                                   command=params.get("command")),
+                "evidence": CoreCall(evidence.all_scores, tgt_lang=cfg.data.tgt_lang)}
     raise KeyError(f"no stage {stage!r}")
 
 

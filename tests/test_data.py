@@ -267,3 +267,40 @@ def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path, data
     os.umask(mask)
     for name in ("pool.parquet", "seed.parquet", "quarantine.jsonl", "data_summary.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_length_filter_is_counted_and_applied_before_sampling(data_dir: Path) -> None:
+    cfg = DataConfig(data_dir=str(data_dir))
+    spec = DatasetSpec(path="de-en/pool.wmt17-20.jsonl", max_chars=120, sample=50)
+    res = read_dataset(spec, cfg, "pool")
+    rows = res.table.to_pylist()
+    assert len(rows) == 50 and all(len(r["src"]) <= 120 and len(r["tgt"]) <= 120 for r in rows)
+    assert res.stats["filtered_by_length"] > 1000 and res.stats["quarantined"] < res.stats["filtered_by_length"]
+
+
+def test_data_noise_corrupts_the_sampled_pool_and_labels_every_row(tmp_path: Path, data_dir: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from gdig_core.config import NoiseConfig, WeakMTConfig
+
+    calls: list[list[str]] = []
+
+    def weak(sources: list[str]) -> list[str]:
+        calls.append(list(sources))
+        return [f"weak {s}" for s in sources]
+
+    noise = NoiseConfig(fraction=0.3, kinds=["misaligned", "truncated", "low_quality_mt"], seed=3, weak_mt=WeakMTConfig())
+    cfg = DataConfig(data_dir=str(data_dir), pool=DatasetSpec(path="de-en/pool.wmt17-20.jsonl", sample=120, max_chars=200),
+                     seed=DatasetSpec(path="de-en/flores.dev.tsv", sample=4), noise=noise)
+    summary = prepare_data(cfg, tmp_path / "out", weak_translator=weak)
+    labels = pq.read_table(tmp_path / "out" / "noise_labels.parquet").to_pylist()
+    pool = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "pool.parquet").to_pylist()}
+    assert len(labels) == len(pool) == 120 and summary["pool"]["noise_labels"]["clean"] == 84
+    assert all(summary["pool"]["noise_labels"][k] == 12 for k in ("misaligned", "truncated", "low_quality_mt"))
+    assert len(calls) == 1 and len(calls[0]) == 12  # the weak system translates only the picked rows
+    weak_rows = [pool[r["id"]] for r in labels if r["noise"] == "low_quality_mt"]
+    assert all(r["tgt"] == f"weak {r['src']}" for r in weak_rows)
+    again = prepare_data(cfg, tmp_path / "again", weak_translator=weak)
+    assert again["pool"]["content_hash"] == summary["pool"]["content_hash"]  # deterministic
+    with pytest.raises(ValueError, match="weak"):
+        NoiseConfig(kinds=["low_quality_mt"])

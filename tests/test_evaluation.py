@@ -384,3 +384,47 @@ def test_evaluate_own_file_pair_and_cli(tmp_path: Path, tiny_model_dir: Path) ->
                               "--out", str(tmp_path / "cli2"), "--no-progress", "--json"])
     assert args.func(args) == 0
     assert len(read_lines(tmp_path / "cli2" / "wmt22" / "hypotheses.en")) == 3
+
+
+def test_reference_nll_equals_the_models_own_loss(trained_model_dir: Path) -> None:
+    """ref_nll pools the teacher-forced target-token NLL; compared with HF's own loss per sentence."""
+    from gdig_core.encoding import collate, encode_pairs
+    from gdig_core.evaluation import EvalSet, reference_nll
+    from gdig_core.models import load_model
+
+    cfg = _cfg(batch_size=3)
+    model, tok = load_model(cfg.model, path=trained_model_dir)
+    rows = _train_rows()[:5]
+    test = EvalSet("t", "de", "en", [r["src"] for r in rows], [r["tgt"] for r in rows])
+    got = reference_nll(model, tok, test, cfg)
+    total = tokens = 0.0
+    for r in rows:
+        (enc,) = encode_pairs(tok, [{**r, "id": "x"}], cfg)
+        with torch.no_grad():
+            out = model(**collate([enc], tok.pad_token_id))
+        n = enc.n_target_tokens
+        total += float(out.loss) * n
+        tokens += n
+    assert got["ref_nll_tokens"] == tokens
+    assert got["ref_nll"] == pytest.approx(total / tokens, rel=1e-4)
+
+
+def test_per_set_max_sentences_and_nll_in_results(tmp_path: Path, trained_model_dir: Path) -> None:
+    cfg = _cfg(batch_size=4, max_new_tokens=6)
+    cfg.evaluation.test_sets[0].max_sentences = 3
+    cfg.evaluation.test_sets[1].max_sentences = 2
+    results = evaluate_model(cfg, trained_model_dir, tmp_path / "eval")
+    assert results["test_sets"]["flores"]["n_sentences"] == 3 and results["test_sets"]["wmt22"]["n_sentences"] == 2
+    assert 0 < results["test_sets"]["flores"]["ref_nll"] < 20
+
+
+def test_each_batch_is_capped_by_its_sources_length(tiny_model_dir: Path) -> None:
+    """A model that never stops decodes at most ratio x source tokens + 8, not max_new_tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = _cfg(batch_size=1, max_new_tokens=100, max_new_tokens_ratio=1.0)
+    model = ScriptedLM(tok, {"Hallo": "word " * 200})
+    generate_translations(model, tok, ["Hallo"], "de", "en", cfg)
+    n_src = len(tok("Hallo", add_special_tokens=False)["input_ids"])
+    assert model.steps["Hallo"] <= n_src + 8 + 1

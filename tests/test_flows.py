@@ -113,7 +113,7 @@ def test_report_tables_and_plot(tmp_path: Path) -> None:
     assert rows["random"]["clean_share"] == 0.7 and rows["zero-shot"]["wmt22/chrf"] == 18.0
     assert [r["method"] for r in result["rows"]] == ["zero-shot", "gdig", "random"]
     md = (tmp_path / "report.md").read_text()
-    assert "| method | budget |" in md and "flores/bleu" in md
+    assert "| method | kind | model | budget |" in md and "flores/bleu" in md
     assert (tmp_path / "report.png").stat().st_size > 1000
     assert json.loads((tmp_path / "comparison.json").read_text())[1]["method"] == "gdig"
 
