@@ -161,12 +161,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return "_no results_\n"
+#: Columns that lead a table when present: what was selected, then how clean it is, then metrics.
+LEADING = ("method", "kind", "model", "budget", "size", "seeds", "clean_share", "score_auc")
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
+    return [c for c in LEADING if c in cols] + [c for c in cols if c not in LEADING]
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "_no results_\n"
+    cols = _columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -261,9 +270,7 @@ def build_report(
     text = "".join(parts)
     atomic_write_text(out / "report.md", text)
     atomic_write_json(out / "comparison.json", rows)
-    cols: list[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
+    cols = _columns(rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols)
     writer.writeheader()
