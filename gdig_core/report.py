@@ -112,6 +112,21 @@ def _row(method: str, budget: int, s: Mapping[str, Any], evs: Sequence[Mapping[s
     return row
 
 
+def method_auc_rows(selections: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per method with a ranking score (one row per method; the score does not depend on the
+    budget): ROC AUC at putting clean pairs above each noise kind, and the clean share per budget."""
+    rows: dict[str, dict[str, Any]] = {}
+    for s in sorted(selections, key=lambda s: (_order(s), s["method"], int(s["budget"]))):
+        noise = s.get("noise") or {}
+        if not noise.get("auc"):
+            continue
+        row = rows.setdefault(s["method"], {"method": s["method"], "kind": s.get("kind"), "model": s.get("model")})
+        row.update(noise["auc"])
+        if noise.get("clean_share") is not None:
+            row[f"clean_share@{s['budget']}"] = noise["clean_share"]
+    return list(rows.values())
+
+
 def seed_rows(evaluations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Every evaluated model (method, budget, finetuning seed) with its own metrics."""
     rows = []
@@ -161,12 +176,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return "_no results_\n"
+#: Columns that lead a table when present: what was selected, then how clean it is, then metrics.
+LEADING = ("method", "kind", "model", "budget", "size", "seeds", "clean_share", "score_auc")
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
+    return [c for c in LEADING if c in cols] + [c for c in cols if c not in LEADING]
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "_no results_\n"
+    cols = _columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -236,6 +260,9 @@ def build_report(
             parts += [f"\n### Verdict on {test} BLEU\n", *(f"- {line}\n" for line in lines)]
     if has_plot:
         parts.append("\n![comparison](report.png)\n")
+    method_aucs = method_auc_rows(selections)
+    if method_aucs:
+        parts += ["\n## Each method's ranking score against each noise kind (ROC AUC)\n", markdown_table(method_aucs)]
     if score_aucs:
         parts += ["\n## Scores against labelled noise\n",
                   "ROC AUC of each per-candidate score (higher = ranks clean pairs above that noise kind; "
@@ -261,9 +288,7 @@ def build_report(
     text = "".join(parts)
     atomic_write_text(out / "report.md", text)
     atomic_write_json(out / "comparison.json", rows)
-    cols: list[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
+    cols = _columns(rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols)
     writer.writeheader()

@@ -50,6 +50,7 @@ def test_report_has_every_section(tmp_path) -> None:
                        config_yaml="name: x\n", command="gdig run x.yaml")
     md = out["markdown"]
     for part in ("## Comparison", "### Verdict on flores BLEU", "## Scores against labelled noise",
+                 "## Each method's ranking score against each noise kind", "| cheap | cheap | - | 0.850 | 0.900 |",
                  "base: ekfac-raw mean benefit", "## Every finetuned model", "## Time per stage", "gdig run x.yaml",
                  "```yaml\nname: x\n"):
         assert part in md, part
