@@ -47,41 +47,41 @@ def _rows(job: ShardJob, table_path: Path) -> list[dict[str, Any]]:
 
 
 def execute_job(job: ShardJob) -> dict[str, Any]:
-    """Compute one shard into ``job.output``; returns a small JSON-able summary."""
-    from gdig_core.encoding import encode_pairs, iter_batches
-    from gdig_core.hooks import select_tracked_modules
+    """Compute one shard into ``job.output``; returns a small JSON-able summary.
+
+    The method functions are called through the stage's key calls (``tasks.stage_keys``), so the
+    configuration a shard runs with is the one its stage's cache key covers."""
+    from tasks.stage_keys import stage_calls
 
     log = artifacts.logger()
     cfg = GdigConfig.model_validate(job.config)
+    calls = stage_calls("scoring" if job.kind == "scores" else "curvature", cfg)
     inputs = {k: storage.fetch(v, cache_root()) for k, v in job.inputs.items()}
     model, tokenizer = loaded_model(cfg, str(inputs["checkpoint"]))
     rows = _rows(job, inputs["table"])
-    encoded = encode_pairs(tokenizer, rows, cfg)
+    encoded = calls["encode"](tokenizer, rows)
     pad_id = tokenizer.pad_token_id
-    tracked = select_tracked_modules(model, cfg.curvature)
+    tracked = calls["tracked"](model)
     out_local = storage.local(job.output) if not storage.is_url(job.output) else cache_root() / "out" / Path(job.output).name
-    section = cfg.scoring if job.kind == "scores" else cfg.curvature
 
     def run(batch_size: int) -> dict[str, Any]:
         inject(job.kind, job.index, batch_size)
-        batches = iter_batches(encoded, batch_size, pad_id)
+        batches = calls["batches"].fn(encoded, batch_size, pad_id)  # the batch size halves on OOM
         if job.kind == "curvature_stats":
-            from gdig_core.curvature import covariance_stats, save_stats
+            from gdig_core.curvature import save_stats
 
-            stats = covariance_stats(model, batches, tracked, cfg.curvature)
-            save_stats(stats, out_local)
+            save_stats(calls["covariance"](model, batches, tracked), out_local)
             return {"examples": len(encoded)}
         if job.kind == "lambda_stats":
-            from gdig_core.curvature import lambda_stats, load_stats, save_stats
+            from gdig_core.curvature import load_stats, save_stats
 
-            stats = lambda_stats(model, batches, tracked, load_stats(inputs["eigen"]), cfg.curvature)
-            save_stats(stats, out_local)
+            save_stats(calls["lambda"](model, batches, tracked, load_stats(inputs["eigen"])), out_local)
             return {"examples": len(encoded)}
         from tasks.influence_calls import score_shard_call
 
         return score_shard_call(cfg, model, tracked, batches, inputs, out_local)
 
-    summary = with_oom_backoff(run, section.batch_size, log)
+    summary = with_oom_backoff(run, calls["batches"].kwargs["batch_size"], log)
     if storage.is_url(job.output):
         storage.put_file(out_local, job.output)
     mark_done(out_local, job.output, summary)
