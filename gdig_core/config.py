@@ -467,6 +467,14 @@ class GdigConfig(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
+    @model_validator(mode="after")
+    def _methods_use_scored_models(self) -> GdigConfig:
+        for spec in self.selection.methods:
+            if spec.model is not None and spec.model not in self.scoring.models:
+                raise ValueError(f"selection method {spec.name!r} uses the {spec.model} model's scores, but "
+                                 f"scoring.models is {self.scoring.models}: add {spec.model!r} there")
+        return self
+
     def section_json(self, *names: str) -> str:
         """Canonical JSON of the named sections, for cache keys."""
         dumped = self.model_dump(mode="json")

@@ -49,5 +49,5 @@ def score_shard_call(
                if name.startswith("precond:")}
     variants = score_variants(cfg.curvature.method, cfg.scoring.variants)
     summary = score_shard(model, batches, precond, load_factors(inputs["factors"]), cfg.scoring, out_path,
-                          variants=variants)
+                          variants=variants, release_seeds=True)
     return {k: v for k, v in summary.items() if k != "path"}
