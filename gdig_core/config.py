@@ -215,6 +215,20 @@ class CurvatureConfig(Section):
     autocast: Literal["none", "bfloat16", "float16"] = "none"
 
 
+class GradientStoreConfig(Section):
+    """Projected candidate gradients kept on disk, so a new seed set is scored without a pass over
+    the pool (see gdig_core.grad_store). Curvature for that path is fitted on the projected
+    gradients (LoGra's approach), in the same passes as the exact factors."""
+
+    enabled: bool = False
+    #: Dimensions kept per tracked layer: a Kronecker projection ``k_out x k_in`` of its gradient
+    #: (``k_out * k_in <= dim_per_layer``); a layer with at most this many weights is kept exactly.
+    dim_per_layer: int = Field(default=4096, gt=0)
+    seed: int = 0
+    #: float16 halves the store; each row is scaled by its largest magnitude first, so nothing overflows.
+    dtype: Literal["float32", "float16"] = "float32"
+
+
 class ScoringConfig(Section):
     shard_size: int = Field(default=256, gt=0)
     batch_size: int = Field(default=8, gt=0)
@@ -237,6 +251,20 @@ class ScoringConfig(Section):
     #: base model itself when reference.enabled is false) and/or ``base``. Selection methods name
     #: the one they use (default: the first).
     models: list[Literal["reference", "base"]] = Field(default_factory=lambda: ["reference"])
+    #: ``exact`` (default): every new candidate gets a forward and backward pass against the
+    #: preconditioned seeds. ``store``: benefits come from the projected gradient store (``store``
+    #: must be enabled): a new seed set then costs the seeds' passes and one matrix product.
+    path: Literal["exact", "store"] = "exact"
+    store: GradientStoreConfig = GradientStoreConfig()
+
+    @model_validator(mode="after")
+    def _store_path_needs_store(self) -> ScoringConfig:
+        if self.path == "store" and not self.store.enabled:
+            raise ValueError("scoring.path 'store' reads the projected gradient store: set scoring.store.enabled: true")
+        if self.path == "store" and self.seed_rank is not None:
+            raise ValueError("scoring.seed_rank compresses exact seed gradients; the store path's seeds are "
+                             "projected already: leave seed_rank unset with scoring.path 'store'")
+        return self
 
     @field_validator("variants")
     @classmethod
@@ -454,6 +482,25 @@ class OrchestrationConfig(Section):
     lock_wait_seconds: float = Field(default=3600, ge=0)
 
 
+class PinnedStage(Section):
+    """A stage output of an earlier run, reused as it is: its directory (the one holding
+    ``_manifest.json``, as ``gdig pins RUN_DIR`` prints it) and the content hash it must have."""
+
+    dir: str
+    hash: str = Field(min_length=1)
+
+
+class PinConfig(Section):
+    """Reuse a reference model and curvature factors instead of fitting them on this run's pool, so
+    a scheduled run over a grown pool scores only its new rows. Each pin is verified (every file
+    against the directory's manifest, the manifest against ``hash``) and refused when it differs."""
+
+    #: The reference model stage (``cas/reference/<key>``).
+    reference: PinnedStage | None = None
+    #: Curvature factors per scoring model (``reference``/``base``): ``cas/curvature/<key>``.
+    factors: dict[Literal["reference", "base"], PinnedStage] = Field(default_factory=dict)
+
+
 class GdigConfig(Section):
     name: SafeName = "gdig"
     data: DataConfig = DataConfig()
@@ -466,6 +513,18 @@ class GdigConfig(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    pin: PinConfig = PinConfig()
+
+    @model_validator(mode="after")
+    def _pins_fit_the_run(self) -> GdigConfig:
+        if self.pin.reference is not None and not self.reference.enabled:
+            raise ValueError("pin.reference names a reference model, but reference.enabled is false "
+                             "(the base model is scored): remove one of them")
+        for label in self.pin.factors:
+            if label not in self.scoring.models:
+                raise ValueError(f"pin.factors.{label}: the pool is not scored at the {label} model "
+                                 f"(scoring.models is {self.scoring.models})")
+        return self
 
     @model_validator(mode="after")
     def _methods_use_scored_models(self) -> GdigConfig:

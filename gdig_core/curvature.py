@@ -17,6 +17,12 @@ convention), with observed labels (empirical Fisher) or labels sampled from the 
 Fisher, one seeded draw per example id). Statistics are sums plus counts, so shards merge by
 addition and a fit split over k shards equals the unsplit fit up to float rounding. An example
 whose loss or activations/gradients are not finite is left out of the sums and counted.
+
+Projected space (the gradient store, gdig_core.grad_store): given a
+:class:`~gdig_core.features.GradientProjection`, both passes also accumulate the same statistics
+of the projected inputs ``a P_in`` and output gradients ``g P_out``, under the layer name prefixed
+with ``projected/``: K-FAC/EK-FAC of the projected gradients (LoGra's approach), fitted in the
+passes the exact factors take anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from gdig_core.config import CurvatureConfig
+from gdig_core.features import GradientProjection
 from gdig_core.hooks import BatchContext, capture_batches, layer_shape
 from gdig_core.integrity import reading
 from gdig_core.io import atomic_path
@@ -40,6 +47,8 @@ Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
 SEP = "::"
 N_EXAMPLES = "__n_examples"
 N_BAD = "__n_bad"
+#: Statistics of a layer's projected gradients are stored under this prefix + the layer name.
+PROJECTED = "projected/"
 
 
 def autocast_dtype(name: str) -> torch.dtype | None:
@@ -101,20 +110,47 @@ class _LastInputCache:
         return self.value
 
 
+def _layer_shapes(
+    tracked: dict[str, nn.Linear], projection: GradientProjection | None
+) -> dict[str, tuple[tuple[int, int], torch.device]]:
+    """``{stats name: ((out, in), device)}``: every tracked layer, then its projected twin."""
+    shapes = {name: (layer_shape(m), m.weight.device) for name, m in tracked.items()}
+    if projection is not None:
+        shapes |= {PROJECTED + name: (projection.shapes[name], m.weight.device) for name, m in tracked.items()}
+    return shapes
+
+
+def _with_projection(
+    on_layer: Callable[[BatchContext, str, Tensor, Tensor], None], projection: GradientProjection | None
+) -> Callable[[BatchContext, str, Tensor, Tensor], None]:
+    """``on_layer`` for the layer, then for its projected inputs and output gradients."""
+    if projection is None:
+        return on_layer
+
+    def both(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
+        on_layer(ctx, name, a, g)
+        on_layer(ctx, PROJECTED + name, *projection.apply(name, a, g))
+
+    return both
+
+
 def covariance_stats(
-    model: nn.Module, batches: Batches, tracked: dict[str, nn.Linear], cfg: CurvatureConfig
+    model: nn.Module,
+    batches: Batches,
+    tracked: dict[str, nn.Linear],
+    cfg: CurvatureConfig,
+    projection: GradientProjection | None = None,
 ) -> dict[str, Tensor]:
     """First pass: per layer ``A_sum`` [in, in], ``G_sum`` [out, out] (fp32) and their token counts.
 
     Keys are ``"{layer}::A_sum"``, ``"::A_count"``, ``"::G_sum"``, ``"::G_count"``,
     ``"::n_bad"`` (examples dropped for non-finite values in that layer) plus ``__n_examples`` and
-    ``__n_bad`` (examples with an unusable loss). Values live on the CPU.
+    ``__n_bad`` (examples with an unusable loss). Values live on the CPU. With ``projection``, the
+    same keys for ``projected/{layer}`` too (see the module docstring).
     """
     stats: dict[str, Tensor] = {}
     dtype = _compute_dtype(cfg)
-    for name, module in tracked.items():
-        out_f, in_f = layer_shape(module)
-        dev = module.weight.device
+    for name, ((out_f, in_f), dev) in _layer_shapes(tracked, projection).items():
         stats[f"{name}{SEP}A_sum"] = torch.zeros(in_f, in_f, device=dev)
         stats[f"{name}{SEP}G_sum"] = torch.zeros(out_f, out_f, device=dev)
         for k in ("A_count", "G_count", "n_bad"):
@@ -122,27 +158,31 @@ def covariance_stats(
 
     cache = _LastInputCache()
 
-    def products(ctx: BatchContext, a: Tensor, g: Tensor, careful: bool) -> tuple[Tensor, Tensor, int, int]:
+    def products(
+        ctx: BatchContext, name: str, a: Tensor, g: Tensor, careful: bool
+    ) -> tuple[Tensor, Tensor, int, int]:
         a_v, g_v, n_bad = _valid_rows(ctx, a, g, careful)
         a_v, g_v = a_v.to(dtype), g_v.to(dtype)
         if careful:  # rows depend on this layer's g too: nothing to share
             a_cov = (a_v.T @ a_v).float()
         else:
-            a_cov = cache.get(ctx, a, "A", lambda: (a_v.T @ a_v).float())
+            # Projected inputs are fresh tensors per layer: never shared, so keyed by layer name.
+            tag = name if name.startswith(PROJECTED) else "A"
+            a_cov = cache.get(ctx, a, tag, lambda: (a_v.T @ a_v).float())
         return a_cov, (g_v.T @ g_v).float(), a_v.shape[0], n_bad
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
-        a_cov, g_cov, n_rows, n_bad = products(ctx, a, g, careful=False)
+        a_cov, g_cov, n_rows, n_bad = products(ctx, name, a, g, careful=False)
         if not bool(torch.isfinite(a_cov).all() & torch.isfinite(g_cov).all()):
             # Rare: find the examples with non-finite values and redo the batch without them.
-            a_cov, g_cov, n_rows, n_bad = products(ctx, a, g, careful=True)
+            a_cov, g_cov, n_rows, n_bad = products(ctx, name, a, g, careful=True)
         stats[f"{name}{SEP}A_sum"] += a_cov
         stats[f"{name}{SEP}G_sum"] += g_cov
         stats[f"{name}{SEP}A_count"] += n_rows
         stats[f"{name}{SEP}G_count"] += n_rows
         stats[f"{name}{SEP}n_bad"] += n_bad
 
-    return _accumulate(model, tracked, batches, on_layer, cfg, stats)
+    return _accumulate(model, tracked, batches, _with_projection(on_layer, projection), cfg, stats)
 
 
 def lambda_stats(
@@ -151,19 +191,19 @@ def lambda_stats(
     tracked: dict[str, nn.Linear],
     eigen: dict[str, Tensor],
     cfg: CurvatureConfig,
+    projection: GradientProjection | None = None,
 ) -> dict[str, Tensor]:
     """EK-FAC second pass: per layer ``L_sum = sum_z (Q_G^T dW_z Q_A)^2`` [out, in] and ``L_count``.
 
     Rotating ``g`` and ``a`` per token before forming the per-example gradient costs
-    ``T (out^2 + in^2) + T out in`` per example instead of ``out in (T + out + in)``.
+    ``T (out^2 + in^2) + T out in`` per example instead of ``out in (T + out + in)``. With
+    ``projection`` (and its eigenbases in ``eigen``) the projected layers get theirs too.
     """
     stats: dict[str, Tensor] = {}
     dtype = _compute_dtype(cfg)
     rot: dict[str, tuple[Tensor, Tensor]] = {}
     qa_key: dict[str, str] = {}  # layers with an identical Q_A (same input) share its rotation
-    for name, module in tracked.items():
-        out_f, in_f = layer_shape(module)
-        dev = module.weight.device
+    for name, ((out_f, in_f), dev) in _layer_shapes(tracked, projection).items():
         rot[name] = (eigen[f"{name}{SEP}QG"].to(dev, dtype), eigen[f"{name}{SEP}QA"].to(dev, dtype))
         qa = eigen[f"{name}{SEP}QA"]
         qa_key[name] = next((k for k in qa_key.values() if torch.equal(eigen[f"{k}{SEP}QA"], qa)), name)
@@ -195,7 +235,7 @@ def lambda_stats(
         stats[f"{name}{SEP}L_count"] += n_good
         stats[f"{name}{SEP}L_n_bad"] += n_bad
 
-    return _accumulate(model, tracked, batches, on_layer, cfg, stats)
+    return _accumulate(model, tracked, batches, _with_projection(on_layer, projection), cfg, stats)
 
 
 def _accumulate(
@@ -291,6 +331,9 @@ class Factors:
     q_g: dict[str, Tensor] = field(default_factory=dict)
     inv_lambda: dict[str, Tensor] = field(default_factory=dict)
     damping: dict[str, float] = field(default_factory=dict)
+    #: Set for factors of projected gradients: the projection's ``describe()`` (the shapes above
+    #: are then the projected ones).
+    projection: dict | None = None
 
     def to(self, device: torch.device | str) -> Factors:
         """Move the tensors (in place, a no-op when already there) and return self."""
@@ -387,6 +430,23 @@ def finalize_factors(
     return factors
 
 
+def finalize_projected_factors(
+    cfg: CurvatureConfig,
+    modules: Sequence[str],
+    projection: GradientProjection,
+    eigen: dict[str, Tensor] | None = None,
+    lam_stats: dict[str, Tensor] | None = None,
+    method: str | None = None,
+) -> Factors:
+    """:func:`finalize_factors` of the projected statistics (``projected/{layer}``), under the
+    layer names themselves and marked with the projection."""
+    out = finalize_factors(cfg, [PROJECTED + m for m in modules], eigen, lam_stats, method)
+    plain = Factors(method=out.method, modules=list(modules), projection=projection.describe())
+    for store in ("q_a", "q_g", "inv_lambda", "damping"):
+        setattr(plain, store, {k.removeprefix(PROJECTED): v for k, v in getattr(out, store).items()})
+    return plain
+
+
 def save_factors(factors: Factors, path: str | Path) -> None:
     """Write factors as one safetensors file (atomically); method, modules and damping in metadata."""
     tensors: dict[str, Tensor] = {}
@@ -399,6 +459,8 @@ def save_factors(factors: Factors, path: str | Path) -> None:
         "gdig.modules": json.dumps(factors.modules),
         "gdig.damping": json.dumps(factors.damping),
     }
+    if factors.projection is not None:
+        meta["gdig.projection"] = json.dumps(factors.projection, sort_keys=True)
     if not tensors:  # safetensors needs at least a header; identity factors carry no tensor
         tensors["__empty"] = torch.zeros(1)
     with atomic_path(path) as tmp:
@@ -412,6 +474,8 @@ def load_factors(path: str | Path) -> Factors:
         meta = fh.metadata() or {}
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
     factors = Factors(method=meta["gdig.method"], modules=json.loads(meta["gdig.modules"]))
+    if meta.get("gdig.projection"):
+        factors.projection = json.loads(meta["gdig.projection"])
     factors.damping = {k: float(v) for k, v in json.loads(meta["gdig.damping"]).items()}
     for name in factors.damping:
         factors.q_a[name] = tensors[f"{name}{SEP}QA"]

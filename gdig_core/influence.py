@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from gdig_core.config import CurvatureConfig, ScoringConfig
 from gdig_core.curvature import Factors, autocast_dtype, precondition_many, share_eigenbases
-from gdig_core.features import KroneckerProjector
+from gdig_core.features import GradientProjection, KroneckerProjector
 from gdig_core.hooks import BatchContext, capture_batches, layer_shape, select_tracked_modules
 from gdig_core.io import atomic_path
 from gdig_core.scores import ScoreBatch, ScoreShardWriter
@@ -68,6 +69,8 @@ class Preconditioned:
     left: dict[str, Tensor] = field(default_factory=dict)
     right: dict[str, Tensor] = field(default_factory=dict)
     bad_seeds: dict[str, str] = field(default_factory=dict)
+    #: Set when the seeds live in a gradient store's projected space (its ``describe()``).
+    projection: dict | None = None
 
     def sq_norms(self) -> Tensor:
         """Squared Frobenius norm of each ``V_s`` over all tracked layers: [S] fp64."""
@@ -112,6 +115,8 @@ class Preconditioned:
             "gdig.bad_seeds": json.dumps(self.bad_seeds),
             "gdig.method": self.method,
         }
+        if self.projection is not None:
+            meta["gdig.projection"] = json.dumps(self.projection, sort_keys=True)
         if self.n_tokens is not None:
             tensors["__n_tokens"] = self.n_tokens.to(torch.int64).contiguous().cpu()
         with atomic_path(path) as tmp:
@@ -133,6 +138,7 @@ class Preconditioned:
             bad_seeds=json.loads(meta.get("gdig.bad_seeds", "{}")),
             method=meta.get("gdig.method", "unknown"),
             n_tokens=tensors.get("__n_tokens"),
+            projection=json.loads(meta["gdig.projection"]) if meta.get("gdig.projection") else None,
         )
         for name in p.modules:
             if rank is None:
@@ -143,7 +149,7 @@ class Preconditioned:
         return p
 
 
-def _masked(ctx: BatchContext, a: Tensor, g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def masked_inputs(ctx: BatchContext, a: Tensor, g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     # Zero pad positions and unusable examples in both factors: 0 * NaN would still be NaN.
     if ctx.all_valid:
         return a.to(dtype), g.to(dtype)
@@ -169,6 +175,7 @@ def precondition_seeds(
     factors: Factors | dict[str, Factors],
     cfg_curv: CurvatureConfig,
     cfg_score: ScoringConfig,
+    projection: GradientProjection | None = None,
 ) -> Preconditioned | dict[str, Preconditioned]:
     """Compute ``V_s = H^-1 grad_W loss(s)`` for every seed and tracked layer.
 
@@ -182,15 +189,22 @@ def precondition_seeds(
     gdig_core.variants): the seed gradients are then captured once and a dict with one
     :class:`Preconditioned` per key comes back, all over the same seeds (a seed unusable under
     any of them is dropped from all, so their scores can be stacked).
+
+    With ``projection`` (the gradient store's) everything happens in the projected space: the
+    seed gradients are ``P_out^T dW P_in`` and ``factors`` must be the ones fitted there.
     """
     single = isinstance(factors, Factors)
     fdict: dict[str, Factors] = {factors.method: factors} if single else dict(factors)
     if not fdict:
         raise ValueError("precondition_seeds: no factors given")
     tracked = select_tracked_modules(model, cfg_curv)
+    space = None if projection is None else projection.describe()
     for f in fdict.values():
         if list(tracked) != list(f.modules):
             raise ValueError(f"tracked layers {list(tracked)} differ from the factors' {f.modules}")
+        if f.projection != space:
+            raise ValueError(f"{f.method} factors were fitted in another space than the seeds' "
+                             f"(factors: {f.projection or 'exact'}; seeds: {space or 'exact'})")
         f.to(next(model.parameters()).device)  # once, not per layer and batch
     share_eigenbases(fdict)
     store = autocast_dtype(cfg_score.autocast) or torch.float32
@@ -199,7 +213,9 @@ def precondition_seeds(
     finite: dict[str, Tensor] = {}
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
-        a32, g32 = _masked(ctx, a, g, torch.float32)
+        a32, g32 = masked_inputs(ctx, a, g, torch.float32)
+        if projection is not None:
+            a32, g32 = projection.apply(name, a32, g32)
         ok = torch.ones(a.shape[0], dtype=torch.bool)
         for key, v in precondition_many(fdict, name, per_example_grads(a32, g32)).items():
             ok &= torch.isfinite(v).flatten(1).all(1).cpu()
@@ -251,6 +267,7 @@ def precondition_seeds(
             n_tokens=tokens,
             rank=rank,
             bad_seeds=bad,
+            projection=space,
         )
         for name in list(layers):
             chunks = layers.pop(name)  # freed as the layer is concatenated: no second full copy
@@ -278,6 +295,8 @@ def stack_preconditioned(precond: dict[str, Preconditioned], release: bool = Fal
             raise ValueError(f"preconditioned seeds {key!r} differ from {next(iter(precond))!r} in seeds, layers or rank")
         if p.loss_normalisation != first.loss_normalisation:
             raise ValueError("preconditioned seeds use different loss normalisations")
+        if p.projection != first.projection:
+            raise ValueError(f"preconditioned seeds {key!r} live in another gradient space than {next(iter(precond))!r}")
     if len(precond) == 1:
         return first
     out = Preconditioned(
@@ -287,6 +306,7 @@ def stack_preconditioned(precond: dict[str, Preconditioned], release: bool = Fal
         method="+".join(precond),
         rank=first.rank,
         bad_seeds=dict(first.bad_seeds),
+        projection=first.projection,
     )
     for name in first.modules:
         for store in ("full",) if first.rank is None else ("left", "right"):
@@ -295,6 +315,21 @@ def stack_preconditioned(precond: dict[str, Preconditioned], release: bool = Fal
                 for p in precond.values():
                     del getattr(p, store)[name]
     return out
+
+
+def gram_sq_norms(a: Tensor, g: Tensor) -> Tensor:
+    """``||sum_t g_t a_t^T||_F^2`` per example [B] fp32 as ``sum_{t,t'} (g_t . g_t')(a_t . a_t')``,
+    never forming the [out, in] gradient."""
+    a32, g32 = a.float(), g.float()
+    return ((g32 @ g32.transpose(1, 2)) * (a32 @ a32.transpose(1, 2))).sum((1, 2))
+
+
+def grad_sq_norms(a: Tensor, g: Tensor) -> Tensor:
+    """Squared Frobenius norm of each example's layer gradient [B] fp32, the cheaper way."""
+    t, out_f, in_f = a.shape[1], g.shape[2], a.shape[2]
+    if t * (out_f + in_f) < out_f * in_f:
+        return gram_sq_norms(a, g)
+    return per_example_grads(a, g).float().pow(2).sum((1, 2))
 
 
 class _LayerScorer:
@@ -327,10 +362,7 @@ class _LayerScorer:
             left, right_t = self.lr
             prod = (g @ left) * (a @ right_t)  # [B, T, S*r]
             scores = prod.float().sum(1).view(a.shape[0], self.n_seeds, -1).sum(-1)
-            # ||sum_t g_t a_t^T||^2 = sum_{t,t'} (g_t . g_t')(a_t . a_t'), never forming [out, in].
-            a32, g32 = a.float(), g.float()
-            sq = ((g32 @ g32.transpose(1, 2)) * (a32 @ a32.transpose(1, 2))).sum((1, 2))
-            return scores, sq
+            return scores, gram_sq_norms(a, g)
         grads = per_example_grads(a, g).flatten(1)
         sq = grads.float().pow(2).sum(1)
         return (grads @ self.v_flat.T).float(), sq  # BLAS takes the transpose
@@ -356,6 +388,132 @@ def variant_scales(
     return out
 
 
+@dataclass
+class CandidateFacts:
+    """What a pass over a batch of candidates records whatever the seeds (numpy, on the CPU).
+
+    ``ok`` is False for a candidate with an unusable loss or a non-finite gradient, score or
+    feature, and ``reasons`` says why (None for ok rows); ``loss`` is the mean per target token
+    (kept when finite, even for a row whose gradient was not).
+    """
+
+    ids: list[str]
+    ok: np.ndarray
+    reasons: list[str | None]
+    loss: np.ndarray
+    n_tokens: np.ndarray
+    grad_norm: np.ndarray
+    features: np.ndarray
+
+
+class CandidateRecorder:
+    """Collects, layer by layer during backward, each candidate's gradient norm, feature and
+    (with ``projection``) projected gradient; :meth:`finish` turns one batch into tensors."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], cfg_score: ScoringConfig,
+                 projection: GradientProjection | None = None) -> None:
+        self.projector = KroneckerProjector(shapes, cfg_score.feature_dim, cfg_score.feature_seed)
+        self.projection = projection
+        self.parts: dict[str, list] = {"sq": [], "features": [], "grads": []}
+
+    def add(self, name: str, a: Tensor, g: Tensor, sq: Tensor | None = None) -> None:
+        """One layer's masked ``a``, ``g``; ``sq`` when the caller has the squared norm already."""
+        self.parts["sq"].append(grad_sq_norms(a, g) if sq is None else sq)
+        self.parts["features"].append((self.projector.offsets[name], self.projector.project(name, a, g)))
+        if self.projection is not None:
+            block = per_example_grads(*self.projection.apply(name, a, g)).flatten(1).float()
+            self.parts["grads"].append((self.projection.offsets[name], block))
+
+    def finish(self, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(squared gradient norm [n], features [n, d], projected gradients [n, D] or None)``."""
+        sq = torch.zeros(n, device=device)
+        for part in self.parts["sq"]:
+            sq += part
+        feats = torch.zeros(n, self.projector.feature_dim, device=device)
+        for offset, feat in self.parts["features"]:
+            feats[:, offset : offset + feat.shape[1]] = feat
+        grads = None
+        if self.projection is not None:
+            grads = torch.zeros(n, self.projection.total_dim, device=device)
+            for offset, block in self.parts["grads"]:
+                grads[:, offset : offset + block.shape[1]] = block
+        for part in self.parts.values():
+            part.clear()
+        return sq, feats, grads
+
+
+def candidate_facts(ctx: BatchContext, finite: Tensor, sq: Tensor, feats: Tensor) -> CandidateFacts:
+    """The seed-independent row data of one batch; ``finite`` [B] marks rows whose other values
+    (scores, projected gradients) are finite."""
+    ok = (ctx.ok & finite & torch.isfinite(feats).all(1) & torch.isfinite(sq)).cpu().numpy()
+    why = [r if r is not None else (None if ok[i] else "nonfinite_gradient") for i, r in enumerate(ctx.reasons)]
+    n_tok = ctx.n_tokens.cpu().numpy()
+    return CandidateFacts(
+        ids=list(ctx.ids),
+        ok=ok,
+        reasons=why,
+        loss=(ctx.loss_sum.cpu().double().numpy() / np.maximum(n_tok, 1)).astype(np.float64),
+        n_tokens=n_tok.astype(np.int32),
+        grad_norm=sq.cpu().double().clamp(min=0).sqrt().numpy(),
+        features=feats.cpu().numpy(),
+    )
+
+
+@dataclass
+class SeedBlocks:
+    """The seeds of every preconditioner a set of score variants reads, stacked into one
+    :class:`Preconditioned` (so one contraction scores them all), with each variant's rescaling."""
+
+    seed_ids: list[str]
+    stacked: Preconditioned
+    block: dict[str, slice]
+    scales: dict[str, tuple[str, Tensor, str | None]]
+    variants: list[Variant]
+
+    def benefits(self, raw: Tensor, n_tokens: np.ndarray, grad_norm: np.ndarray) -> dict[str, np.ndarray]:
+        """Per variant, the benefit [B, M] from the raw contraction ``raw`` [B, stacked seeds]."""
+        raw64 = raw.cpu().double()
+        norm = torch.from_numpy(np.asarray(grad_norm, dtype=np.float64))
+        out: dict[str, np.ndarray] = {}
+        for v in self.variants:
+            key, seed_div, cand = self.scales[v.name]
+            values = raw64[:, self.block[key]] / seed_div[None, :]
+            if cand == "tokens":
+                values = values / torch.from_numpy(np.maximum(n_tokens, 1)).double()[:, None]
+            elif cand == "grad_norm":
+                values = values / norm.clamp(min=1e-30)[:, None]
+            out[v.name] = values.numpy()
+        return out
+
+
+def seed_blocks(
+    precond: Preconditioned | dict[str, Preconditioned],
+    loss_normalisation: str,
+    variants: list[Variant] | None = None,
+    release_seeds: bool = False,
+) -> SeedBlocks:
+    """Check the preconditioned seeds against the score variants and stack the ones they read
+    (see :func:`stack_preconditioned` for ``release_seeds``)."""
+    pdict = {precond.method: precond} if isinstance(precond, Preconditioned) else dict(precond)
+    if variants is None:
+        variants = [Variant(next(iter(pdict)), "raw")]
+    first = next(iter(pdict.values()))
+    for p in pdict.values():
+        if p.loss_normalisation != loss_normalisation:
+            raise ValueError(
+                f"seeds were preconditioned with loss normalisation {p.loss_normalisation!r}, "
+                f"scoring asks for {loss_normalisation!r}"
+            )
+    missing = sorted({v.curvature for v in variants} - set(pdict))
+    if missing:
+        raise ValueError(f"score variants need preconditioned seeds for {missing}; have {sorted(pdict)}")
+    scales = variant_scales(variants, pdict, loss_normalisation)
+    used = [k for k in pdict if any(v.curvature == k for v in variants)]
+    stacked = stack_preconditioned({k: pdict[k] for k in used}, release=release_seeds and len(used) > 1)
+    block = {k: slice(i * len(first.seed_ids), (i + 1) * len(first.seed_ids)) for i, k in enumerate(used)}
+    return SeedBlocks(list(first.seed_ids), stacked, block, scales, list(variants))
+
+
 def score_shard(
     model: nn.Module,
     batches: Batches,
@@ -365,6 +523,7 @@ def score_shard(
     out_path: str | Path,
     variants: list[Variant] | None = None,
     release_seeds: bool = False,
+    grad_sink: GradientSink | None = None,
 ) -> dict:
     """Score every candidate of ``batches`` against all seeds; stream rows to ``out_path`` (Parquet).
 
@@ -382,103 +541,60 @@ def score_shard(
     columns; every variant gets summary columns (mean, fraction positive, min). With
     ``release_seeds`` the dict's seed tensors are moved into the stacked copy (the dict's entries
     are empty afterwards): for callers that loaded them for this call only.
+
+    ``grad_sink`` (gdig_core.grad_store) also receives every candidate's projected gradient, in
+    the same pass: how the gradient store fills while the exact path scores.
     Returns ``{"n", "n_ok", "n_bad", "reasons", "seconds", "path"}``.
     """
-    pdict = {precond.method: precond} if isinstance(precond, Preconditioned) else dict(precond)
-    if variants is None:
-        variants = [Variant(next(iter(pdict)), "raw")]
-    first = next(iter(pdict.values()))
-    if factors is not None and list(factors.modules) != list(first.modules):
+    seeds = seed_blocks(precond, cfg_score.loss_normalisation, variants, release_seeds)
+    stacked = seeds.stacked
+    if stacked.projection is not None:
+        raise ValueError("these seeds were preconditioned in a gradient store's projected space: "
+                         "score them against the store (gdig_core.grad_store.rescore_segment)")
+    if factors is not None and list(factors.modules) != list(stacked.modules):
         raise ValueError("the preconditioned seeds and the factors track different layers")
-    for p in pdict.values():
-        if p.loss_normalisation != cfg_score.loss_normalisation:
-            raise ValueError(
-                f"seeds were preconditioned with loss normalisation {p.loss_normalisation!r}, "
-                f"scoring asks for {cfg_score.loss_normalisation!r}"
-            )
-    missing = sorted({v.curvature for v in variants} - set(pdict))
-    if missing:
-        raise ValueError(f"score variants need preconditioned seeds for {missing}; have {sorted(pdict)}")
-    scales = variant_scales(variants, pdict, cfg_score.loss_normalisation)
-    used = [k for k in pdict if any(v.curvature == k for v in variants)]
-    stacked = stack_preconditioned({k: pdict[k] for k in used}, release=release_seeds and len(used) > 1)
-    block = {k: slice(i * len(first.seed_ids), (i + 1) * len(first.seed_ids)) for i, k in enumerate(used)}
     tracked = {n: model.get_submodule(n) for n in stacked.modules}
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg_score.autocast)
     dtype = amp or torch.float32
     stacked.to(device, dtype)  # once per object, not per shard
     scorers = {n: _LayerScorer(stacked, n, device, dtype) for n in tracked}
-    projector = KroneckerProjector(
-        {n: layer_shape(m) for n, m in tracked.items()}, cfg_score.feature_dim, cfg_score.feature_seed
-    )
-    acc: dict[str, list] = {"scores": [], "sq": [], "features": []}
+    recorder = CandidateRecorder({n: layer_shape(m) for n, m in tracked.items()}, cfg_score,
+                                 None if grad_sink is None else grad_sink.projection)
+    scores_parts: list[Tensor] = []
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
-        a_m, g_m = _masked(ctx, a, g, dtype)
+        a_m, g_m = masked_inputs(ctx, a, g, dtype)
         scores, sq = scorers[name](a_m, g_m)
-        acc["scores"].append(scores)
-        acc["sq"].append(sq)
-        acc["features"].append((projector.offsets[name], projector.project(name, a_m, g_m)))
+        scores_parts.append(scores)
+        recorder.add(name, a_m, g_m, sq)
 
     start = time.perf_counter()
     reasons: Counter[str] = Counter()
     n = n_ok = 0
-    m_all, d = len(stacked.seed_ids), cfg_score.feature_dim
-    names = [v.name for v in variants]
+    names = [v.name for v in seeds.variants]
     with ScoreShardWriter(
-        out_path, first.seed_ids, d, cfg_score.full_benefit_max_seeds, cfg_score.top_k_seeds, variants=names
+        out_path, seeds.seed_ids, cfg_score.feature_dim, cfg_score.full_benefit_max_seeds, cfg_score.top_k_seeds,
+        variants=names,
     ) as writer:
         for ctx in capture_batches(
             model, tracked, batches, on_layer, normalisation=cfg_score.loss_normalisation, autocast_dtype=amp
         ):
             b = len(ctx.ids)
-            raw = torch.zeros(b, m_all, device=device)
-            for part in acc["scores"]:
+            raw = torch.zeros(b, len(stacked.seed_ids), device=device)
+            for part in scores_parts:
                 raw += part
-            sq = torch.zeros(b, device=device)
-            for part in acc["sq"]:
-                sq += part
-            feats = torch.zeros(b, d, device=device)
-            for offset, feat in acc["features"]:
-                feats[:, offset : offset + feat.shape[1]] = feat
-            for key in acc:
-                acc[key].clear()
-            raw64 = raw.cpu().double()
-            grad_norm = sq.cpu().double().clamp(min=0).sqrt()
-            n_tok = ctx.n_tokens.cpu().numpy()
-            per_variant: dict[str, np.ndarray] = {}
-            for v in variants:
-                key, seed_div, cand = scales[v.name]
-                values = raw64[:, block[key]] / seed_div[None, :]
-                if cand == "tokens":
-                    values = values / torch.from_numpy(np.maximum(n_tok, 1)).double()[:, None]
-                elif cand == "grad_norm":
-                    values = values / grad_norm.clamp(min=1e-30)[:, None]
-                per_variant[v.name] = values.numpy()
-            finite = torch.isfinite(raw).all(1) & torch.isfinite(feats).all(1) & torch.isfinite(sq)
-            ok = (ctx.ok & finite).cpu().numpy()
-            why = [
-                r if r is not None else (None if ok[i] else "nonfinite_gradient")
-                for i, r in enumerate(ctx.reasons)
-            ]
-            loss = (ctx.loss_sum.cpu().double().numpy() / np.maximum(n_tok, 1)).astype(np.float64)
-            writer.write(
-                ScoreBatch(
-                    ids=ctx.ids,
-                    ok=ok,
-                    bad_reason=why,
-                    loss=loss,  # kept when finite, even for a row whose gradient was not
-                    n_tokens=n_tok.astype(np.int32),
-                    benefit=per_variant[names[0]],
-                    features=feats.cpu().numpy(),
-                    grad_norm=grad_norm.numpy(),
-                    variant_benefit=per_variant,
-                )
-            )
+            scores_parts.clear()
+            sq, feats, grads = recorder.finish(b, device)
+            facts = candidate_facts(ctx, torch.isfinite(raw).all(1), sq, feats)
+            per_variant = seeds.benefits(raw, facts.n_tokens, facts.grad_norm)
+            writer.write(score_batch(facts, per_variant, names[0]))
+            if grad_sink is not None:
+                assert grads is not None
+                grad_sink.write(candidate_facts(ctx, torch.isfinite(grads).all(1), sq, feats), grads.cpu())
             n += b
-            n_ok += int(ok.sum())
-            reasons.update(r for r in why if r is not None)
+            n_ok += int(facts.ok.sum())
+            reasons.update(r for r in facts.reasons if r is not None)
     return {
         "n": n,
         "n_ok": n_ok,
@@ -487,3 +603,26 @@ def score_shard(
         "seconds": time.perf_counter() - start,
         "path": str(out_path),
     }
+
+
+def score_batch(facts: CandidateFacts, per_variant: dict[str, np.ndarray], primary: str) -> ScoreBatch:
+    """The score shard rows of one batch: its facts and every variant's benefit."""
+    return ScoreBatch(
+        ids=facts.ids,
+        ok=facts.ok,
+        bad_reason=facts.reasons,
+        loss=facts.loss,
+        n_tokens=facts.n_tokens,
+        benefit=per_variant[primary],
+        features=facts.features,
+        grad_norm=facts.grad_norm,
+        variant_benefit=per_variant,
+    )
+
+
+class GradientSink(Protocol):
+    """Where a scoring pass puts every candidate's projected gradient (gdig_core.grad_store)."""
+
+    projection: GradientProjection
+
+    def write(self, facts: CandidateFacts, grads: Tensor) -> None: ...
