@@ -21,11 +21,13 @@ from gdig_core.config import GdigConfig, MethodSpec
 from tasks import artifacts
 from tasks.data_tasks import base_model_task, prepare_data_task, reference_task
 from tasks.downstream_tasks import evaluate_task, finetune_task, select_task
-from tasks.influence_tasks import curvature_stage, precondition_task, scoring_stage
+from tasks.influence_tasks import curvature_stage, precondition_task
+from tasks.pins import pins_of
 from tasks.publish import publish_outputs
 from tasks.records import start_records
 from tasks.report_tasks import report_task
 from tasks.run_start import begin_run
+from tasks.scoring_stage import scoring_stage
 from tasks.stage_cache import StageOutput
 
 Model = tuple[str, str]  # (path or hub id, content fingerprint)
@@ -170,9 +172,10 @@ def gdig_pipeline(config: GdigConfig = GdigConfig(), command: str | None = None)
     data = data_flow.with_options(**opts)(cfg, run_dir)
     base, reference = model_flow.with_options(**opts)(cfg, run_dir, data)
     scores: dict[str, StageOutput] = {}
+    factor_sets: dict[str, StageOutput] = {}
     stages: list[StageOutput] = [data]
     for label, model in scoring_models(cfg, base, reference).items():
-        factors = curvature_flow.with_options(**opts)(cfg, run_dir, data, model, label)
+        factors = factor_sets[label] = curvature_flow.with_options(**opts)(cfg, run_dir, data, model, label)
         precond = precondition_flow.with_options(**opts)(cfg, run_dir, data, model, factors, label)
         scores[label] = scoring_flow.with_options(**opts)(cfg, run_dir, data, model, factors, precond, label)
         stages += [factors, precond, scores[label]]
@@ -186,7 +189,8 @@ def gdig_pipeline(config: GdigConfig = GdigConfig(), command: str | None = None)
     stages += [*selections, *models, *evaluations]
     report = report_flow.with_options(**opts)(cfg, run_dir, data, scores, selections, evaluations, stages, command)
     primary = scores[cfg.scoring.models[0]]
-    outputs = publish_outputs(run_dir, data, primary, selections, report, records)
+    outputs = publish_outputs(run_dir, data, primary, selections, report, records,
+                              pins=pins_of(cfg, tuple(reference), factor_sets))
     # On the pipeline run itself, so its Artifacts tab shows the result without opening subflows.
     text = Path(outputs["report"]).read_text(encoding="utf-8")
     # The UI cannot load a relative image; point at the file instead.

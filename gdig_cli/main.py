@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "gdig_cli.run_cmd",
     "gdig_cli.train_cmds",
     "gdig_cli.explain_cmd",
+    "gdig_cli.store_cmds",
 ]
 
 

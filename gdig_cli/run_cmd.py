@@ -12,6 +12,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gdig_core.config import GdigConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,17 +33,27 @@ def _note(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gdig_core.config import load_config
-    from gdig_core.preflight import preflight
-    from tasks.env import configure_local_prefect
-    from tasks.run_lock import RunDirLocked, run_lock
 
     cfg = load_config(args.config, args.overrides)
+    command = " ".join(["gdig run", args.config, *(f"--set {o}" for o in args.overrides)])
+    return run_config(cfg, command, args.json)
+
+
+def run_config(cfg: GdigConfig, command: str, as_json: bool) -> int:
+    """Check, lock and run the pipeline on ``cfg``; print where its outputs are (``gdig run`` and
+    ``gdig rescore``). ``command`` is quoted in the report."""
+    from gdig_core.preflight import preflight
+    from tasks.env import configure_local_prefect
+    from tasks.pins import check_pins
+    from tasks.run_lock import RunDirLocked, run_lock
+
     if cfg.orchestration.shard_mode == "deployment" and not os.environ.get("PREFECT_API_URL"):
         # An ephemeral server has no workers: shard runs would wait forever.
         print("gdig: shard_mode 'deployment' needs a Prefect server with workers: set PREFECT_API_URL "
               "(see deployments/README.md)", file=sys.stderr)
         return 2
     preflight(cfg)  # seconds, before the Prefect server starts
+    check_pins(cfg, verify_bytes=False)  # a wrong pinned hash is refused now; the bytes once the run holds its lock
     run_dir = Path(cfg.orchestration.run_dir).resolve()
     cfg.orchestration.run_dir = str(run_dir)
     orch = cfg.orchestration
@@ -50,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
             from flows.pipeline import gdig_pipeline
 
             try:
-                command = " ".join(["gdig run", args.config, *(f"--set {o}" for o in args.overrides)])
                 outputs = gdig_pipeline(config=cfg, command=command)
             except Exception as err:  # noqa: BLE001 - the flow run's logs hold the traceback
                 print(f"gdig: the pipeline failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -58,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     except RunDirLocked as err:
         print(f"gdig: error: {err}", file=sys.stderr)
         return 2
-    if args.json:
+    if as_json:
         print(json.dumps(outputs, indent=2))
         return 0
     print(f"\nreport:   {outputs['report']}")

@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -46,6 +47,7 @@ from gdig_core.influence import (
     CandidateFacts,
     CandidateRecorder,
     Preconditioned,
+    SeedBlocks,
     candidate_facts,
     masked_inputs,
     score_batch,
@@ -220,7 +222,7 @@ def capture_gradients(
     reasons: Counter[str] = Counter()
     n = n_ok = 0
     with segment_writer(out_path, shapes, cfg_score) as writer:
-        recorder = CandidateRecorder(shapes, cfg_score, writer.projection)
+        recorder = CandidateRecorder(shapes, cfg_score.feature_dim, cfg_score.feature_seed, writer.projection)
 
         def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
             recorder.add(name, *masked_inputs(ctx, a, g, dtype))
@@ -239,35 +241,48 @@ def capture_gradients(
             "seconds": time.perf_counter() - start}
 
 
-def stacked_seed_matrix(precond: Preconditioned, projection: dict[str, Any]) -> Tensor:
-    """The preconditioned seeds as one [S, D] fp32 matrix, layers in the store's order."""
-    if precond.projection != projection:
-        raise ValueError("the seeds were preconditioned in another projected space than the store's "
-                         f"(seeds: {precond.projection or 'exact'}; store: {projection})")
-    return torch.cat([precond.dense(layer["name"]).float().reshape(len(precond.seed_ids), -1)
-                      for layer in projection["layers"]], dim=1)
+@dataclass
+class StoreSeeds:
+    """Projected preconditioned seeds ready for :func:`rescore_segment`: stacked once (every
+    preconditioner the variants read), as one [S, D] matrix per store layout."""
+
+    blocks: SeedBlocks
+    _matrices: dict[str, Tensor] = field(default_factory=dict)
+
+    def matrix(self, projection: dict[str, Any]) -> Tensor:
+        """The seeds as [S, D] fp32, layers in the order of ``projection`` (a segment's)."""
+        stacked = self.blocks.stacked
+        if stacked.projection != projection:
+            raise ValueError("the seeds were preconditioned in another projected space than the store's "
+                             f"(seeds: {stacked.projection or 'exact'}; store: {projection})")
+        key = json.dumps(projection, sort_keys=True)
+        if key not in self._matrices:
+            self._matrices[key] = torch.cat([stacked.dense(layer["name"]).float().reshape(len(stacked.seed_ids), -1)
+                                             for layer in projection["layers"]], dim=1)
+        return self._matrices[key]
+
+
+def store_seeds(
+    precond: Preconditioned | dict[str, Preconditioned], loss_normalisation: str, variants: list[Variant] | None = None
+) -> StoreSeeds:
+    """Check and stack projected preconditioned seeds (``influence.precondition_seeds`` with the
+    store's projection) for the score ``variants``."""
+    return StoreSeeds(seed_blocks(precond, loss_normalisation, variants))
 
 
 def rescore_segment(
-    segment: GradientSegment,
-    rows: np.ndarray,
-    precond: Preconditioned | dict[str, Preconditioned],
-    cfg_score: ScoringConfig,
-    out_path: str | Path,
-    variants: list[Variant] | None = None,
+    segment: GradientSegment, rows: np.ndarray, seeds: StoreSeeds, cfg_score: ScoringConfig, out_path: str | Path
 ) -> dict[str, Any]:
     """Score the candidates at ``rows`` of a store segment against projected preconditioned seeds:
-    one product ``G V'^T``; write a score shard (same format as ``influence.score_shard``'s)."""
+    one product ``G V'^T``; write a score shard (the format of ``influence.score_shard``'s)."""
     start = time.perf_counter()
-    seeds = seed_blocks(precond, cfg_score.loss_normalisation, variants)
-    mat = stacked_seed_matrix(seeds.stacked, segment.projection)
     grads = torch.from_numpy(segment.grads[rows])
-    raw = grads @ mat.T
+    raw = grads @ seeds.matrix(segment.projection).T
     proj_norm = grads.double().pow(2).sum(1).sqrt().numpy()  # cosine in the projected space
     facts = segment.facts(rows, torch.isfinite(raw).all(1).numpy())
-    names = [v.name for v in seeds.variants]
-    per_variant = seeds.benefits(raw, facts.n_tokens, proj_norm)
-    with ScoreShardWriter(out_path, seeds.seed_ids, segment.feature_dim, cfg_score.full_benefit_max_seeds,
+    names = [v.name for v in seeds.blocks.variants]
+    per_variant = seeds.blocks.benefits(raw, facts.n_tokens, proj_norm)
+    with ScoreShardWriter(out_path, seeds.blocks.seed_ids, segment.feature_dim, cfg_score.full_benefit_max_seeds,
                           cfg_score.top_k_seeds, variants=names) as writer:
         writer.write(score_batch(facts, per_variant, names[0]))
     n_ok = int(facts.ok.sum())

@@ -410,9 +410,9 @@ class CandidateRecorder:
     """Collects, layer by layer during backward, each candidate's gradient norm, feature and
     (with ``projection``) projected gradient; :meth:`finish` turns one batch into tensors."""
 
-    def __init__(self, shapes: dict[str, tuple[int, int]], cfg_score: ScoringConfig,
+    def __init__(self, shapes: dict[str, tuple[int, int]], feature_dim: int, feature_seed: int,
                  projection: GradientProjection | None = None) -> None:
-        self.projector = KroneckerProjector(shapes, cfg_score.feature_dim, cfg_score.feature_seed)
+        self.projector = KroneckerProjector(shapes, feature_dim, feature_seed)
         self.projection = projection
         self.parts: dict[str, list] = {"sq": [], "features": [], "grads": []}
 
@@ -559,8 +559,8 @@ def score_shard(
     dtype = amp or torch.float32
     stacked.to(device, dtype)  # once per object, not per shard
     scorers = {n: _LayerScorer(stacked, n, device, dtype) for n in tracked}
-    recorder = CandidateRecorder({n: layer_shape(m) for n, m in tracked.items()}, cfg_score,
-                                 None if grad_sink is None else grad_sink.projection)
+    recorder = CandidateRecorder({n: layer_shape(m) for n, m in tracked.items()}, cfg_score.feature_dim,
+                                 cfg_score.feature_seed, None if grad_sink is None else grad_sink.projection)
     scores_parts: list[Tensor] = []
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:

@@ -49,6 +49,14 @@ def stream_digest(fh: BinaryIO) -> str:
     return f"{ALGORITHM}:{h.hexdigest()}"
 
 
+def bytes_digest(data: bytes) -> str:
+    """``xxh3_128:<hex>`` of bytes in memory (a file read once, then parsed from memory)."""
+    with _STATS_LOCK:
+        _STATS["files"] += 1
+        _STATS["bytes"] += len(data)
+    return f"{ALGORITHM}:{xxhash.xxh3_128(data).hexdigest()}"
+
+
 def file_digest(path: str | Path) -> str:
     """``xxh3_128:<hex>`` of a file's bytes."""
     with open(path, "rb") as fh:

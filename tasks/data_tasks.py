@@ -101,6 +101,13 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
     """Finetune the base model on (a sample of) the pool: the model all gradients are taken at."""
     if not cfg.reference.enabled:
         return base
+    if cfg.pin.reference is not None:  # verified when the run began (tasks.pins.check_pins)
+        from tasks.pins import pinned_reference
+        from tasks.records import record
+
+        model = pinned_reference(cfg)
+        record("pinned", "reference", dir=cfg.pin.reference.dir, hash=model[1])
+        return model
     from gdig_core.data import read_pairs
 
     calls = stage_calls("reference", cfg)

@@ -25,8 +25,10 @@ def _mirror(src: Path, dst: Path) -> None:
 
 def publish_outputs(
     run_dir: str, data: StageOutput, scores: StageOutput, selections: list[StageOutput], report: StageOutput,
-    records: Path,
+    records: Path, pins: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Mirror selections and the report to their stable paths; write ``outputs.json`` (with the
+    ``pin:`` section that reuses this run's reference model and factors, for ``gdig pins``)."""
     root = Path(run_dir)
     selected: dict[str, str] = {}
     for sel in selections:
@@ -45,6 +47,7 @@ def publish_outputs(
         "scores": str(Path(scores.dir) / "scores"),
         "data": str(Path(data.dir)),
         "records": str(records),
+        "pins": pins or {},
     }
     atomic_write_json(root / "outputs.json", outputs)
     # What verifying and recording digests cost this process (bench/bench_faults.py reports it).

@@ -38,6 +38,17 @@ def _labels(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "metrics"}
 
 
+def score_path_note(label: str, summary: dict[str, Any]) -> str:
+    """Which path produced the scores at one model, and how many rows this run computed."""
+    rows = f"{summary.get('rows_scored')} rows computed and {summary.get('rows_reused')} reused from earlier runs when these scores were made"
+    store = summary.get("store") or {}
+    if summary.get("path") == "store":
+        return (f"scores at the {label} model: **projected gradient store** ({store.get('dim_per_layer')} dimensions per "
+                f"tracked layer, {store.get('dtype')}; curvature fitted on the projected gradients), not exact "
+                f"influence; {rows}")
+    return f"scores at the {label} model: exact influence (full per-example gradients); {rows}"
+
+
 @task(name="report", **TASK_OPTS)
 def report_task(
     cfg: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput],
@@ -56,6 +67,7 @@ def report_task(
                  f"seed: {data.summary.get('seed', {}).get('rows_kept')} pairs"]
         if pool.get("noise_labels"):
             notes.append("noise labels: " + ", ".join(f"{k} {v}" for k, v in sorted(pool["noise_labels"].items())))
+        notes += [score_path_note(label, o.summary) for label, o in scores.items()]
         aucs: list[dict[str, Any]] = []
         histogram = None
         if labels:
@@ -80,7 +92,7 @@ def report_task(
     inputs = {"selections": text_sha256(*sorted(s.digest() + json.dumps(s.summary, sort_keys=True) for s in selections)),
               "evaluations": text_sha256(*sorted(e.digest() + json.dumps(_labels(e.summary), sort_keys=True)
                                                  for e in evaluations)),
-              "scores": text_sha256(*sorted(f"{k}={o.digest()}" for k, o in scores.items())),
+              "scores": text_sha256(*sorted(f"{k}={o.digest()}:{score_path_note(k, o.summary)}" for k, o in scores.items())),
               "data": data.digest(),
               "stages": text_sha256(json.dumps(stage_times(stages), sort_keys=True))}
     result = run_stage(run_dir, "report", inputs, *key_parts(calls), compute)

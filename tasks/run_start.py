@@ -11,6 +11,7 @@ from gdig_core.config import GdigConfig
 from gdig_core.preflight import preflight
 from tasks import artifacts, run_lock
 from tasks.gpu_slots import prepare_gpu_limit
+from tasks.pins import check_pins
 from tasks.shard_dispatch import check_shard_deployment, wait_for_worker
 from tasks.stage_cache import sweep_temporaries
 
@@ -25,8 +26,22 @@ def begin_run(cfg: GdigConfig, run_dir: str | Path) -> None:
     if removed:
         log.info("removed %d temporary file(s)/dir(s) left in %s/cas by a killed run", len(removed), run_dir)
     preflight(cfg)
+    check_pins(cfg)  # every byte of a pinned model and factor set, before any stage
+    save_run_config(cfg, run_dir)
     prepare_gpu_limit(orch, run_dir)
     if orch.shard_mode == "deployment":
         pool = check_shard_deployment(orch)
         workers = wait_for_worker(pool, orch)
         log.info("shard deployment %r on work pool %r: %d worker(s) online", orch.shard_deployment, pool, workers)
+
+
+RUN_CONFIG = "run_config.yaml"
+
+
+def save_run_config(cfg: GdigConfig, run_dir: str | Path) -> None:
+    """The config of the latest run, as run (``gdig rescore RUN_DIR`` starts from it)."""
+    import yaml
+
+    from gdig_core.io import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / RUN_CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -71,8 +71,9 @@ def _configured(orch: OrchestrationConfig):  # noqa: ANN202
     )
 
 
-def map_shards(label: str, jobs: list[ShardJob], orch: OrchestrationConfig) -> list[dict[str, Any]]:
-    """Run every shard whose output does not yet verify; return all shard summaries in order."""
+def map_shards(label: str, jobs: list[ShardJob], orch: OrchestrationConfig, note: str = "") -> list[dict[str, Any]]:
+    """Run every shard whose output does not yet verify; return all shard summaries in order.
+    ``note`` ends the progress artifact's description (the scoring stage: rows reused and new)."""
     log = artifacts.logger()
     summaries: dict[int, dict[str, Any]] = {}
     todo: list[ShardJob] = []
@@ -86,7 +87,9 @@ def map_shards(label: str, jobs: list[ShardJob], orch: OrchestrationConfig) -> l
     total = len(jobs)
     log.info("%s: %d shards, %d already done, %d to run (%s)", label, total, total - len(todo), len(todo), orch.shard_mode)
     key = artifacts.artifact_key(label, "progress")
-    progress_id = artifacts.progress(key, (total - len(todo)) / max(total, 1), f"{label}: shards done")
+    tail = f"; {note}" if note else ""
+    progress_id = artifacts.progress(key, (total - len(todo)) / total if total else 1.0,
+                                     f"{label}: {total - len(todo)}/{total} shards finished{tail}")
     runner = _configured(orch)
     target = orch.shard_deployment if orch.shard_mode == "deployment" else orch.gpu_concurrency_limit
     futures = {}
@@ -108,7 +111,7 @@ def map_shards(label: str, jobs: list[ShardJob], orch: OrchestrationConfig) -> l
                 log.error("%s shard %d failed: %s: %s", label, job.index, type(err).__name__, err)
             bar.update(1)
             done = len(summaries) + len(failures)
-            artifacts.update_progress(progress_id, done / max(total, 1), f"{label}: {done}/{total} shards finished")
+            artifacts.update_progress(progress_id, done / max(total, 1), f"{label}: {done}/{total} shards finished{tail}")
     if failures:
         detail = "; ".join(f"shard {j.index} (rows {j.start}-{j.end}): {type(e).__name__}: {e}" for j, e in failures)
         raise ShardsFailed(f"{label}: {len(failures)} of {total} shards failed after retries: {detail}")

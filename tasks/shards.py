@@ -16,8 +16,9 @@ from gdig_core.io import atomic_write_json
 from tasks import storage
 from tasks.records import record
 
-ShardKind = Literal["curvature_stats", "lambda_stats", "scores"]
-SUFFIX = {"curvature_stats": ".safetensors", "lambda_stats": ".safetensors", "scores": ".parquet"}
+ShardKind = Literal["curvature_stats", "lambda_stats", "scores", "gradients"]
+SUFFIX = {"curvature_stats": ".safetensors", "lambda_stats": ".safetensors", "scores": ".parquet",
+          "gradients": ".parquet"}
 
 
 class ShardJob(BaseModel):
@@ -33,6 +34,8 @@ class ShardJob(BaseModel):
     #: name -> path or fsspec URL: pool, checkpoint, factors, precond ...
     inputs: dict[str, str]
     output: str
+    #: ``scores`` shards that also fill the gradient store: where that segment goes.
+    grad_output: str | None = None
 
     @property
     def label(self) -> str:
@@ -80,9 +83,10 @@ def _digest(location: str) -> str:
     return file_digest(storage.local(location))
 
 
-def shard_problem(location: str) -> tuple[dict[str, Any] | None, str | None]:
+def shard_problem(location: str, digest: bool = True) -> tuple[dict[str, Any] | None, str | None]:
     """``(sidecar, None)`` for a finished, intact shard output; ``(None, why)`` otherwise
-    (``why`` is None when the shard simply has not finished: no sidecar yet)."""
+    (``why`` is None when the shard simply has not finished: no sidecar yet). ``digest`` False
+    checks the size only: for large files whose bytes are verified when they are read."""
     side = sidecar(location)
     try:
         meta = _read_json(side)
@@ -98,20 +102,25 @@ def shard_problem(location: str) -> tuple[dict[str, Any] | None, str | None]:
         size = storage.size(location)
         if size != meta["size"]:
             return None, f"{location}: {size} bytes, its sidecar records {meta['size']}"
-        if _digest(location) != meta["digest"]:
+        if digest and _digest(location) != meta["digest"]:
             return None, f"{location}: content differs from the digest in its sidecar (corrupted in place)"
     except OSError as err:
         return None, f"{location}: cannot be read ({err})"
     return meta, None
 
 
-def read_done(location: str) -> dict[str, Any] | None:
+def read_done(location: str, digest: bool = True) -> dict[str, Any] | None:
     """The sidecar of a verified shard output, or None (not finished, missing, truncated or
     corrupted). A corrupt shard is logged and recorded by name, so it is clear why it reruns."""
-    meta, problem = shard_problem(location)
+    meta, problem = shard_problem(location, digest)
     if problem is not None:
-        from tasks import artifacts
-
-        artifacts.logger().warning("shard output will be recomputed: %s", problem)
-        record("shard_corrupt", "shards", location=location, reason=problem)
+        note_corrupt(location, problem)
     return meta
+
+
+def note_corrupt(location: str, problem: str) -> None:
+    """Log and record a shard output that will be recomputed, and why."""
+    from tasks import artifacts
+
+    artifacts.logger().warning("shard output will be recomputed: %s", problem)
+    record("shard_corrupt", "shards", location=location, reason=problem)

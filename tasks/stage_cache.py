@@ -166,7 +166,7 @@ def check_manifest(root: str | Path) -> tuple[dict[str, Any] | None, str | None]
     return manifest, None
 
 
-def _output(stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool) -> StageOutput:
+def stage_output(stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool) -> StageOutput:
     files = {rel: meta["digest"] for rel, meta in manifest["files"].items()}
     return StageOutput(stage=stage, key=key, dir=str(root), files=files, volatile=manifest.get("volatile", []),
                        summary=manifest.get("summary", {}), cached=cached, seconds=manifest.get("seconds"))
@@ -185,23 +185,24 @@ def lookup(run_dir: str | Path, stage: str, key: str, label: str | None = None) 
         record("cache_corrupt", label or stage, key=key, reason=problem)
     if manifest is None:
         return None
-    return _output(stage, key, root, manifest, cached=True)
+    return stage_output(stage, key, root, manifest, cached=True)
 
 
 def sweep_temporaries(run_dir: str | Path) -> list[Path]:
-    """Remove what killed runs left in ``cas/``: stage directories being built (``.<key>.*.tmp``)
-    and half-written files inside work directories (``.<name>.*.tmp``). Only safe while this
-    process holds the run directory's lock (``tasks.run_lock``): nobody else is writing there."""
-    cas = Path(run_dir) / "cas"
+    """Remove what killed runs left in ``cas/`` and ``store/`` (the result store): stage
+    directories being built (``.<key>.*.tmp``) and half-written files (``.<name>.*.tmp``). Only
+    safe while this process holds the run directory's lock (``tasks.run_lock``): nobody else is
+    writing there."""
     removed: list[Path] = []
-    if not cas.is_dir():
-        return removed
-    for path in sorted(cas.rglob(".*.tmp"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
+    for root in (Path(run_dir) / "cas", Path(run_dir) / "store"):
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob(".*.tmp"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 
@@ -214,6 +215,7 @@ def run_stage(
     compute: Callable[[Path, Path], dict[str, Any] | None],
     label: str | None = None,
     volatile: Iterable[str] = (),
+    record_fields: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None,
 ) -> StageOutput:
     """Return the verified cached output of this stage, or compute it into a fresh directory.
 
@@ -222,14 +224,15 @@ def run_stage(
     training checkpoints), so a rerun resumes there; it is removed once the stage is complete.
     ``label`` distinguishes several runs of one stage (``selection/gdig/b100``) in the records.
     ``volatile`` names output files (fnmatch patterns) whose bytes vary between identical runs:
-    they are left out of the output's ``digest``.
+    they are left out of the output's ``digest``. ``record_fields(summary, cached)`` adds fields
+    to the stage's ``computed``/``cached`` record (the scoring stage: rows computed and reused).
     """
     code = code_version(code_modules)
     key = stage_key(stage, inputs, config_json, code)
     name = label or stage
     hit = lookup(run_dir, stage, key, name)
     if hit is not None:
-        record("cached", name, key=key)
+        record("cached", name, key=key, **(record_fields(hit.summary, True) if record_fields else {}))
         return hit
     final = stage_dir(run_dir, stage, key)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -254,5 +257,6 @@ def run_stage(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    record("computed", name, key=key, seconds=manifest["seconds"])
-    return _output(stage, key, final, manifest, cached=False)
+    record("computed", name, key=key, seconds=manifest["seconds"],
+           **(record_fields(manifest["summary"], False) if record_fields else {}))
+    return stage_output(stage, key, final, manifest, cached=False)

@@ -145,6 +145,33 @@ def _model_calls(cfg: GdigConfig) -> StageCalls:
     return {"load_model": CoreCall(load_model, cfg=cfg.model), "encode": CoreCall(encode_pairs, cfg=cfg)}
 
 
+def _scoring_calls(stage: str, cfg: GdigConfig, projection: StageCalls) -> StageCalls:
+    """``gradients``: what one row of the gradient store depends on; ``scoring-rows``: what one
+    row of the scores depends on (on the chosen path); ``scoring``: the stage, which also fills
+    the store when it is enabled."""
+    from gdig_core import encoding, grad_store, hooks, influence, variants
+
+    score = cfg.scoring
+    passes = {"batches": CoreCall(encoding.iter_batches, batch_size=score.batch_size),
+              "tracked": CoreCall(hooks.select_tracked_modules, cfg=cfg.curvature)}
+    grads = _model_calls(cfg) | passes | projection | {
+        "capture": CoreCall(grad_store.capture_gradients, cfg_score=score)}
+    if stage == "gradients":
+        return grads
+    names = Setting(variants=[v.name for v in variants.score_variants(cfg.curvature.method, score.variants)])
+    if score.path == "exact":
+        rows = _model_calls(cfg) | passes | {"score": CoreCall(influence.score_shard, cfg_score=score), "variants": names}
+    else:
+        rows = {"seeds": CoreCall(grad_store.store_seeds, loss_normalisation=score.loss_normalisation),
+                "rescore": CoreCall(grad_store.rescore_segment, cfg_score=score), "variants": names}
+    if stage == "scoring-rows":
+        return rows
+    calls = rows | {"shards": Setting(shard_size=score.shard_size)}
+    if score.store.enabled:
+        calls |= {f"store/{label}": call for label, call in grads.items()}
+    return calls
+
+
 def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
     """The method calls of ``stage`` with what the stage passes them. ``params``: ``method`` (a
     MethodSpec or the name of one in selection.methods) and ``budget`` for selection, ``seed``
@@ -155,6 +182,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         encoding,
         evaluation,
         evidence,
+        features,
         hooks,
         influence,
         models,
@@ -185,6 +213,9 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
     # The preconditioners the score variants need; for the factors, only which statistics passes
     # they take (adding a K-FAC variant to an EK-FAC run reuses the factors).
     methods = variants.curvature_methods(variants.score_variants(curv.method, cfg.scoring.variants))
+    store = cfg.scoring.store
+    # The gradient store's projection: the curvature stage fits factors in its space as well.
+    projection: StageCalls = {"projection": CoreCall(features.gradient_projection, cfg=store)}
     if stage == "curvature":
         passes = [any(m != "identity" for m in methods), "ekfac" in methods]
         return _model_calls(cfg) | {
@@ -196,21 +227,15 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
             "eigen": CoreCall(curvature.eigendecompose, cfg=curv),
             "lambda": CoreCall(curvature.lambda_stats, cfg=curv),
             "finalize": CoreCall(curvature.finalize_factors, cfg=curv),
-        }
+        } | (projection if store.enabled else {})
     if stage == "precondition":
         return _model_calls(cfg) | {
             "batches": CoreCall(encoding.iter_batches, batch_size=cfg.scoring.batch_size),
             "precondition": CoreCall(influence.precondition_seeds, cfg_curv=curv, cfg_score=cfg.scoring),
             "preconditioners": Setting(methods=methods),
-        }
-    if stage == "scoring":
-        return _model_calls(cfg) | {
-            "shards": Setting(shard_size=cfg.scoring.shard_size),
-            "batches": CoreCall(encoding.iter_batches, batch_size=cfg.scoring.batch_size),
-            "tracked": CoreCall(hooks.select_tracked_modules, cfg=curv),
-            "score": CoreCall(influence.score_shard, cfg_score=cfg.scoring),
-            "variants": Setting(variants=[v.name for v in variants.score_variants(curv.method, cfg.scoring.variants)]),
-        }
+        } | (projection if cfg.scoring.path == "store" else {})
+    if stage in ("scoring", "scoring-rows", "gradients"):
+        return _scoring_calls(stage, cfg, projection)
     if stage == "selection":
         spec = params["method"]
         if isinstance(spec, str):  # a method's name in selection.methods
@@ -236,5 +261,6 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
 #: Stages and the parameters a key of each needs (for tests and tools that list every key).
 STAGES: dict[str, dict[str, Any]] = {
     "data": {}, "base-model": {}, "reference": {}, "curvature": {}, "precondition": {}, "scoring": {},
+    "scoring-rows": {}, "gradients": {},
     "selection": {"method": "gdig", "budget": 100}, "finetune": {"seed": 0}, "evaluation": {}, "report": {},
 }

@@ -49,6 +49,34 @@ def size(location: str) -> int:
     return int(fs.size(path))
 
 
+def list_names(location: str) -> list[str]:
+    """Names of the entries directly under a directory location (none when it does not exist)."""
+    if not is_url(location):
+        root = local(location)
+        return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    fs, path = _fs(location)
+    if not fs.exists(path):
+        return []
+    return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
+def remove(location: str) -> None:
+    """Delete a file if it is there."""
+    if not is_url(location):
+        local(location).unlink(missing_ok=True)
+        return
+    fs, path = _fs(location)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def read_bytes(location: str) -> bytes:
+    if not is_url(location):
+        return local(location).read_bytes()
+    fs, path = _fs(location)
+    return fs.cat_file(path)
+
+
 def put_file(src: str | Path, location: str) -> None:
     """Copy a finished local file to ``location`` atomically."""
     if not is_url(location):
