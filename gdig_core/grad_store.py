@@ -107,8 +107,9 @@ class GradientSegmentWriter:
 
     def __enter__(self) -> GradientSegmentWriter:
         tmp = self._stack.enter_context(atomic_path(self.path))
-        # Random projections do not compress: no codec, so writing and reading stay cheap.
-        self._writer = pq.ParquetWriter(tmp, self.schema, compression="none")
+        # Random projections neither compress nor repeat: no codec and no dictionary, so a row
+        # costs its raw bytes and writing and reading stay cheap.
+        self._writer = pq.ParquetWriter(tmp, self.schema, compression="none", use_dictionary=False)
         return self
 
     def write(self, facts: CandidateFacts, grads: Tensor) -> None:

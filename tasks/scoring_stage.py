@@ -144,7 +144,7 @@ def scoring_stage(
     """Benefit of every pool candidate on every seed, ``scores/shard-*.parquet`` in pool order,
     with summary columns for every configured score variant; new rows only are computed."""
     from gdig_core.data import read_pairs
-    from gdig_core.row_store import META_SCORE_PATH, assemble, content_keys
+    from gdig_core.row_store import META_SCORE_PATH
     from gdig_core.scores import read_scores
 
     orch = cfg.orchestration
@@ -153,11 +153,12 @@ def scoring_stage(
     primary = scoring_factor_file(cfg, cfg.curvature.method)
     contexts = row_contexts(cfg, reference, factors, precond)
     label = f"scoring/{model_label}"
+    calls = stage_calls("scoring", cfg)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         pool = read_pairs(data.path("pool.parquet"))
         ids = [str(i) for i in pool.column("id").to_pylist()]
-        keys = content_keys(pool)
+        keys = calls["content_keys"](pool)
         unique = list(dict.fromkeys(keys))
         scores_root = store_root(cfg, run_dir, "scores", contexts["scores"])
         scored = index_store(scores_root, verify_digests=True)
@@ -198,7 +199,7 @@ def scoring_stage(
         meta: dict[str, Any] = {"path": path}  # what produced the scores; not how much was reused
         if path == "store":
             meta["store"] = cfg.scoring.store.model_dump(mode="json")
-        assemble(ids, keys, scored.rows, _read_table, out / "scores", cfg.scoring.shard_size,
+        calls["assemble"](ids, keys, scored.rows, _read_table, out / "scores", cfg.scoring.shard_size,
                  metadata={META_SCORE_PATH: json.dumps(meta, sort_keys=True).encode()})
         table = read_scores(sorted((out / "scores").glob("*.parquet")))
         return {"candidates": len(table), "ok": int(table.ok.sum()), "model": model_label, "path": path,
@@ -215,7 +216,7 @@ def scoring_stage(
         run_dir, "scoring",
         {"pool": pool_hash(data), "reference": reference[1], "factors": factors.digest(primary),
          "precond": precond.digest(*(precond_file(m) for m in methods))},
-        *key_parts(stage_calls("scoring", cfg)), compute, label=label, record_fields=record_rows,
+        *key_parts(calls), compute, label=label, record_fields=record_rows,
     )
     rows = record_rows(result.summary, result.cached)
     if result.cached:

@@ -149,7 +149,7 @@ def _scoring_calls(stage: str, cfg: GdigConfig, projection: StageCalls) -> Stage
     """``gradients``: what one row of the gradient store depends on; ``scoring-rows``: what one
     row of the scores depends on (on the chosen path); ``scoring``: the stage, which also fills
     the store when it is enabled."""
-    from gdig_core import encoding, grad_store, hooks, influence, variants
+    from gdig_core import encoding, grad_store, hooks, influence, row_store, variants
 
     score = cfg.scoring
     passes = {"batches": CoreCall(encoding.iter_batches, batch_size=score.batch_size),
@@ -166,7 +166,9 @@ def _scoring_calls(stage: str, cfg: GdigConfig, projection: StageCalls) -> Stage
                 "rescore": CoreCall(grad_store.rescore_segment, cfg_score=score), "variants": names}
     if stage == "scoring-rows":
         return rows
-    calls = rows | {"shards": Setting(shard_size=score.shard_size)}
+    calls = rows | {"shards": Setting(shard_size=score.shard_size),
+                    # Rows are found by content and written in pool order, under the pool's ids.
+                    "content_keys": CoreCall(row_store.content_keys), "assemble": CoreCall(row_store.assemble)}
     if score.store.enabled:
         calls |= {f"store/{label}": call for label, call in grads.items()}
     return calls

@@ -33,17 +33,29 @@ EXPECTED: dict[str, list[str]] = {
     "base-model": ["model.tiny.*"],
     "reference": [*_PROMPT, *_MODEL_ALL, "reference.sample", "reference.train.seed",
                   *[f"reference.train.{f}" for f in _TRAIN]],
-    "curvature": [*_PROMPT, *_MODEL_LOAD, "curvature.*"],
+    # With the gradient store on, the same passes fit the factors of projected gradients too.
+    "curvature": [*_PROMPT, *_MODEL_LOAD, "curvature.*", "scoring.store.enabled"],
     # precondition_seeds reads scoring.autocast (the hand-kept key had left it out) and the
     # tracked modules; the curvature method and damping reach it through the factors file.
     # curvature.method and scoring.variants decide which preconditioners are applied.
     "precondition": [*_PROMPT, *_MODEL_LOAD, "curvature.modules", "curvature.preset", "curvature.method",
                      "scoring.autocast", "scoring.loss_normalisation", "scoring.seed_rank", "scoring.batch_size",
                      "scoring.variants"],
+    # The stage also fills the gradient store when it is enabled.
     "scoring": [*_PROMPT, *_MODEL_LOAD, "curvature.modules", "curvature.preset", "curvature.method",
-                "scoring.variants", "scoring.shard_size",
+                "scoring.variants", "scoring.shard_size", "scoring.store.enabled",
                 "scoring.batch_size", "scoring.loss_normalisation", "scoring.feature_dim", "scoring.feature_seed",
                 "scoring.full_benefit_max_seeds", "scoring.top_k_seeds", "scoring.autocast"],
+    # One stored row of scores: what the stage reads, less where work is split (shard_size) and
+    # whether the store fills alongside. Not the pool: rows are found by their text.
+    "scoring-rows": [*_PROMPT, *_MODEL_LOAD, "curvature.modules", "curvature.preset", "curvature.method",
+                     "scoring.variants", "scoring.batch_size", "scoring.loss_normalisation", "scoring.feature_dim",
+                     "scoring.feature_seed", "scoring.full_benefit_max_seeds", "scoring.top_k_seeds",
+                     "scoring.autocast"],
+    # One row of the gradient store: no seeds, factors or score variants.
+    "gradients": [*_PROMPT, *_MODEL_LOAD, "curvature.modules", "curvature.preset", "scoring.batch_size",
+                  "scoring.loss_normalisation", "scoring.feature_dim", "scoring.feature_seed", "scoring.autocast",
+                  "scoring.store.dim_per_layer", "scoring.store.seed", "scoring.store.dtype"],
     # Which methods and budgets are listed does not change what one (method, budget) selects.
     # The target language feeds the text filters (language id, length ratio).
     "selection": ["data.tgt_lang", "selection.quality_rule", "selection.tau", "selection.min_mean", "selection.top_k",
@@ -66,7 +78,11 @@ REPORT_ONLY = ["name", "scoring.models", "data.data_dir", "model.device", "model
             "reference.train.save_every_minutes", "reference.train.keep_checkpoints", "selection.budgets",
             "selection.methods", "finetune.enabled", "finetune.seeds", "finetune.train.seed",
             "finetune.train.save_every", "finetune.train.save_every_minutes", "finetune.train.keep_checkpoints",
-            "evaluation.enabled", "evaluation.zero_shot", "orchestration.*"]
+            "evaluation.enabled", "evaluation.zero_shot", "orchestration.*",
+            # Pins replace stages by their outputs, whose hashes are the next stages' inputs.
+            "pin.*"]
+#: Fields that cannot change alone (scoring.path 'store' needs the store): tested on their own.
+JOINT = ["scoring.path"]
 
 
 def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -81,7 +97,9 @@ def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[str, .
 
 
 #: Fields whose values are names from a fixed set: another valid value, by hand.
-_OTHER_VALUE = {"scoring.variants": [["identity-cosine"]], "scoring.models": [["reference", "base"]]}
+_OTHER_VALUE = {"scoring.variants": [["identity-cosine"]], "scoring.models": [["reference", "base"]],
+                "pin.reference": [{"dir": "elsewhere", "hash": "h"}],
+                "pin.factors": [{"reference": {"dir": "elsewhere", "hash": "h"}}]}
 
 
 def _candidates(value: Any, annotation: Any) -> list[Any]:
@@ -159,6 +177,8 @@ def test_every_config_field_changes_exactly_the_stages_that_read_it() -> None:
     wrong = []
     for path in _leaves(base):
         field = ".".join(path)
+        if field in JOINT:
+            continue
         expected = _expected(field)
         if expected == {"report"} and not any(fnmatch(field, p) for p in REPORT_ONLY):
             wrong.append(f"{field}: in neither EXPECTED nor REPORT_ONLY (which stages should it recompute?)")
@@ -168,6 +188,18 @@ def test_every_config_field_changes_exactly_the_stages_that_read_it() -> None:
         if changed != expected:
             wrong.append(f"{field}: recomputes {sorted(changed)}, expected {sorted(expected)}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_store_path_keys_seeds_and_scores_apart_and_keeps_the_gradient_store() -> None:
+    """Switching an enabled store from the exact path to the store path: the seeds are projected
+    and rows are scored from the store (new precondition, scoring and row keys); the store's own
+    rows, the factors and everything upstream stay."""
+    exact = GdigConfig()
+    exact.scoring.store.enabled = True
+    store = exact.model_copy(deep=True)
+    store.scoring.path = "store"
+    before, after = _keys(exact), _keys(store)
+    assert {s for s in before if before[s] != after[s]} == {"precondition", "scoring", "scoring-rows", "report"}
 
 
 def test_selection_key_covers_its_method_and_budget_and_finetune_its_seed() -> None:
@@ -198,13 +230,14 @@ EXPECTED_CODE: dict[str, set[str]] = {
     "noise": {"data", "reference", "curvature", "finetune", "evaluation"},  # data.py imports it
     "encoding": _ALL - {"base-model", "selection", "report"},
     "models": _ALL - {"data", "selection", "report"},
-    "hooks": {"reference", "curvature", "precondition", "scoring", "finetune", "evaluation"},
+    "hooks": {"reference", "curvature", "precondition", "scoring", "scoring-rows", "gradients", "finetune", "evaluation"},
     "training": {"reference", "finetune"},
     "checkpointing": {"reference", "finetune"},
-    "curvature": {"curvature", "precondition", "scoring"},
-    "influence": {"precondition", "scoring"},
-    "features": {"precondition", "scoring"},
-    "scores": {"precondition", "scoring", "selection", "report"},
+    "curvature": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
+    "influence": {"precondition", "scoring", "scoring-rows", "gradients"},
+    # The gradient store's projection: curvature fits projected factors with it.
+    "features": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
+    "scores": {"precondition", "scoring", "scoring-rows", "gradients", "selection", "report"},
     "selection": {"selection"},
     "selection_plots": {"selection"},
     "text_filters": {"selection", "report"},
@@ -215,6 +248,8 @@ EXPECTED_CODE: dict[str, set[str]] = {
     "report": {"report"},
     "evidence": {"report"},
     # weak_mt: only the data stage with data.noise.weak_mt set (not in the default config).
+    "grad_store": {"gradients"},
+    "row_store": {"scoring"},
     "explain": set(), "preflight": set(), "weak_mt": set(), "__init__": set(),
 }
 
