@@ -28,7 +28,7 @@ passes the exact factors take anyway.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,28 +110,43 @@ class _LastInputCache:
         return self.value
 
 
+#: One projection (its statistics under ``projected/``), or several by name prefix (benchmarks
+#: fitting several store dimensions in one pass).
+Projections = GradientProjection | Mapping[str, GradientProjection] | None
+
+
+def _by_prefix(projection: Projections) -> dict[str, GradientProjection]:
+    if projection is None:
+        return {}
+    if isinstance(projection, GradientProjection):
+        return {PROJECTED: projection}
+    return dict(projection)
+
+
 def _layer_shapes(
-    tracked: dict[str, nn.Linear], projection: GradientProjection | None
+    tracked: dict[str, nn.Linear], projection: Projections
 ) -> dict[str, tuple[tuple[int, int], torch.device]]:
-    """``{stats name: ((out, in), device)}``: every tracked layer, then its projected twin."""
+    """``{stats name: ((out, in), device)}``: every tracked layer, then its projected twins."""
     shapes = {name: (layer_shape(m), m.weight.device) for name, m in tracked.items()}
-    if projection is not None:
-        shapes |= {PROJECTED + name: (projection.shapes[name], m.weight.device) for name, m in tracked.items()}
+    for prefix, proj in _by_prefix(projection).items():
+        shapes |= {prefix + name: (proj.shapes[name], m.weight.device) for name, m in tracked.items()}
     return shapes
 
 
 def _with_projection(
-    on_layer: Callable[[BatchContext, str, Tensor, Tensor], None], projection: GradientProjection | None
+    on_layer: Callable[[BatchContext, str, Tensor, Tensor], None], projection: Projections
 ) -> Callable[[BatchContext, str, Tensor, Tensor], None]:
     """``on_layer`` for the layer, then for its projected inputs and output gradients."""
-    if projection is None:
+    prefixes = _by_prefix(projection)
+    if not prefixes:
         return on_layer
 
-    def both(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
+    def each(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
         on_layer(ctx, name, a, g)
-        on_layer(ctx, PROJECTED + name, *projection.apply(name, a, g))
+        for prefix, proj in prefixes.items():
+            on_layer(ctx, prefix + name, *proj.apply(name, a, g))
 
-    return both
+    return each
 
 
 def covariance_stats(
@@ -139,7 +154,7 @@ def covariance_stats(
     batches: Batches,
     tracked: dict[str, nn.Linear],
     cfg: CurvatureConfig,
-    projection: GradientProjection | None = None,
+    projection: Projections = None,
 ) -> dict[str, Tensor]:
     """First pass: per layer ``A_sum`` [in, in], ``G_sum`` [out, out] (fp32) and their token counts.
 
@@ -167,7 +182,7 @@ def covariance_stats(
             a_cov = (a_v.T @ a_v).float()
         else:
             # Projected inputs are fresh tensors per layer: never shared, so keyed by layer name.
-            tag = name if name.startswith(PROJECTED) else "A"
+            tag = "A" if name in tracked else name
             a_cov = cache.get(ctx, a, tag, lambda: (a_v.T @ a_v).float())
         return a_cov, (g_v.T @ g_v).float(), a_v.shape[0], n_bad
 
@@ -191,7 +206,7 @@ def lambda_stats(
     tracked: dict[str, nn.Linear],
     eigen: dict[str, Tensor],
     cfg: CurvatureConfig,
-    projection: GradientProjection | None = None,
+    projection: Projections = None,
 ) -> dict[str, Tensor]:
     """EK-FAC second pass: per layer ``L_sum = sum_z (Q_G^T dW_z Q_A)^2`` [out, in] and ``L_count``.
 
@@ -437,13 +452,14 @@ def finalize_projected_factors(
     eigen: dict[str, Tensor] | None = None,
     lam_stats: dict[str, Tensor] | None = None,
     method: str | None = None,
+    prefix: str = PROJECTED,
 ) -> Factors:
-    """:func:`finalize_factors` of the projected statistics (``projected/{layer}``), under the
+    """:func:`finalize_factors` of the projected statistics (``{prefix}{layer}``), under the
     layer names themselves and marked with the projection."""
-    out = finalize_factors(cfg, [PROJECTED + m for m in modules], eigen, lam_stats, method)
+    out = finalize_factors(cfg, [prefix + m for m in modules], eigen, lam_stats, method)
     plain = Factors(method=out.method, modules=list(modules), projection=projection.describe())
     for store in ("q_a", "q_g", "inv_lambda", "damping"):
-        setattr(plain, store, {k.removeprefix(PROJECTED): v for k, v in getattr(out, store).items()})
+        setattr(plain, store, {k.removeprefix(prefix): v for k, v in getattr(out, store).items()})
     return plain
 
 

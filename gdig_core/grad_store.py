@@ -223,7 +223,7 @@ def capture_gradients(
     reasons: Counter[str] = Counter()
     n = n_ok = 0
     with segment_writer(out_path, shapes, cfg_score) as writer:
-        recorder = CandidateRecorder(shapes, cfg_score.feature_dim, cfg_score.feature_seed, writer.projection)
+        recorder = CandidateRecorder(shapes, cfg_score.feature_dim, cfg_score.feature_seed, [writer.projection])
 
         def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
             recorder.add(name, *masked_inputs(ctx, a, g, dtype))
@@ -231,8 +231,7 @@ def capture_gradients(
         for ctx in capture_batches(
             model, tracked, batches, on_layer, normalisation=cfg_score.loss_normalisation, autocast_dtype=amp
         ):
-            sq, feats, grads = recorder.finish(len(ctx.ids), device)
-            assert grads is not None
+            sq, feats, (grads,) = recorder.finish(len(ctx.ids), device)
             facts = candidate_facts(ctx, torch.isfinite(grads).all(1), sq, feats)
             writer.write(facts, grads)
             n += len(ctx.ids)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -408,35 +408,33 @@ class CandidateFacts:
 
 class CandidateRecorder:
     """Collects, layer by layer during backward, each candidate's gradient norm, feature and
-    (with ``projection``) projected gradient; :meth:`finish` turns one batch into tensors."""
+    projected gradient under each of ``projections``; :meth:`finish` turns a batch into tensors."""
 
     def __init__(self, shapes: dict[str, tuple[int, int]], feature_dim: int, feature_seed: int,
-                 projection: GradientProjection | None = None) -> None:
+                 projections: Sequence[GradientProjection] = ()) -> None:
         self.projector = KroneckerProjector(shapes, feature_dim, feature_seed)
-        self.projection = projection
+        self.projections = list(projections)
         self.parts: dict[str, list] = {"sq": [], "features": [], "grads": []}
 
     def add(self, name: str, a: Tensor, g: Tensor, sq: Tensor | None = None) -> None:
         """One layer's masked ``a``, ``g``; ``sq`` when the caller has the squared norm already."""
         self.parts["sq"].append(grad_sq_norms(a, g) if sq is None else sq)
         self.parts["features"].append((self.projector.offsets[name], self.projector.project(name, a, g)))
-        if self.projection is not None:
-            block = per_example_grads(*self.projection.apply(name, a, g)).flatten(1).float()
-            self.parts["grads"].append((self.projection.offsets[name], block))
+        for i, projection in enumerate(self.projections):
+            block = per_example_grads(*projection.apply(name, a, g)).flatten(1).float()
+            self.parts["grads"].append((i, projection.offsets[name], block))
 
-    def finish(self, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(squared gradient norm [n], features [n, d], projected gradients [n, D] or None)``."""
+    def finish(self, n: int, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``(squared gradient norm [n], features [n, d], projected gradients [n, D] per projection)``."""
         sq = torch.zeros(n, device=device)
         for part in self.parts["sq"]:
             sq += part
         feats = torch.zeros(n, self.projector.feature_dim, device=device)
         for offset, feat in self.parts["features"]:
             feats[:, offset : offset + feat.shape[1]] = feat
-        grads = None
-        if self.projection is not None:
-            grads = torch.zeros(n, self.projection.total_dim, device=device)
-            for offset, block in self.parts["grads"]:
-                grads[:, offset : offset + block.shape[1]] = block
+        grads = [torch.zeros(n, p.total_dim, device=device) for p in self.projections]
+        for i, offset, block in self.parts["grads"]:
+            grads[i][:, offset : offset + block.shape[1]] = block
         for part in self.parts.values():
             part.clear()
         return sq, feats, grads
@@ -523,7 +521,7 @@ def score_shard(
     out_path: str | Path,
     variants: list[Variant] | None = None,
     release_seeds: bool = False,
-    grad_sink: GradientSink | None = None,
+    grad_sink: GradientSink | Sequence[GradientSink] | None = None,
 ) -> dict:
     """Score every candidate of ``batches`` against all seeds; stream rows to ``out_path`` (Parquet).
 
@@ -543,7 +541,8 @@ def score_shard(
     are empty afterwards): for callers that loaded them for this call only.
 
     ``grad_sink`` (gdig_core.grad_store) also receives every candidate's projected gradient, in
-    the same pass: how the gradient store fills while the exact path scores.
+    the same pass: how the gradient store fills while the exact path scores (several sinks, for
+    several projections, are served by the same pass).
     Returns ``{"n", "n_ok", "n_bad", "reasons", "seconds", "path"}``.
     """
     seeds = seed_blocks(precond, cfg_score.loss_normalisation, variants, release_seeds)
@@ -559,8 +558,9 @@ def score_shard(
     dtype = amp or torch.float32
     stacked.to(device, dtype)  # once per object, not per shard
     scorers = {n: _LayerScorer(stacked, n, device, dtype) for n in tracked}
+    sinks = [] if grad_sink is None else [grad_sink] if hasattr(grad_sink, "write") else list(grad_sink)
     recorder = CandidateRecorder({n: layer_shape(m) for n, m in tracked.items()}, cfg_score.feature_dim,
-                                 cfg_score.feature_seed, None if grad_sink is None else grad_sink.projection)
+                                 cfg_score.feature_seed, [s.projection for s in sinks])
     scores_parts: list[Tensor] = []
 
     def on_layer(ctx: BatchContext, name: str, a: Tensor, g: Tensor) -> None:
@@ -589,9 +589,8 @@ def score_shard(
             facts = candidate_facts(ctx, torch.isfinite(raw).all(1), sq, feats)
             per_variant = seeds.benefits(raw, facts.n_tokens, facts.grad_norm)
             writer.write(score_batch(facts, per_variant, names[0]))
-            if grad_sink is not None:
-                assert grads is not None
-                grad_sink.write(candidate_facts(ctx, torch.isfinite(grads).all(1), sq, feats), grads.cpu())
+            for sink, projected in zip(sinks, grads, strict=True):
+                sink.write(candidate_facts(ctx, torch.isfinite(projected).all(1), sq, feats), projected.cpu())
             n += b
             n_ok += int(facts.ok.sum())
             reasons.update(r for r in facts.reasons if r is not None)

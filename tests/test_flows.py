@@ -122,7 +122,8 @@ def test_report_tables_and_plot(tmp_path: Path) -> None:
 
 
 def _sidecars(run_dir: Path) -> list[Path]:
-    return list((run_dir / "cas" / "scoring").glob("*.work/shards/scores/*.done.json"))
+    """Finished scoring shards: segments of the result store, listed by their sidecars."""
+    return list((run_dir / "store" / "scores").glob("*/seg-*.parquet.done.json"))
 
 
 @pytest.mark.slow
@@ -150,9 +151,10 @@ def test_killed_run_resumes_and_skips_finished_shards(prefect_server, baseline_r
 
     resumed = run_pipeline(prefect_server, run_dir, limit)
     assert resumed.returncode == 0, resumed.output[-4000:]
-    skipped = {r["shard"] for r in resumed.events("shard_skipped", "scoring")}
-    computed = {r["shard"] for r in resumed.events("shard_computed", "scoring")}
-    assert len(skipped) == done and len(computed) == 4 - done and skipped | computed == {0, 1, 2, 3}
+    # The finished shards' rows are in the result store: the rerun plans shards over the rest only.
+    scoring = next(r for r in resumed.events("computed", "scoring/"))
+    assert (scoring["rows_reused"], scoring["rows_scored"]) == (16 * done, 64 - 16 * done)
+    assert len(resumed.events("shard_computed", "scoring")) == 4 - done
     assert selected_ids(run_dir) == selected_ids(baseline_run.run_dir)
 
 

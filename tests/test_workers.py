@@ -61,8 +61,10 @@ def test_shards_on_two_workers_match_in_process(prefect_server, baseline_run, tm
     assert run.returncode == 0, run.output[-6000:]
     shards = {stage: len(run.events("shard_computed", stage)) for stage in ("curvature/covariance", "curvature/lambda", "scoring")}
     assert shards == {"curvature/covariance": 2, "curvature/lambda": 2, "scoring": 4}, shards
-    # The shard outputs were written by the workers to shared storage.
-    assert len(list((tmp_path / "shared" / "shards").rglob("shard-*.done.json"))) == 8
+    # The shard outputs were written by the workers to shared storage: curvature statistics, and
+    # the result store's score segments.
+    assert len(list((tmp_path / "shared" / "shards").rglob("shard-*.done.json"))) == 4
+    assert len(list((tmp_path / "shared" / "store" / "scores").rglob("seg-*.done.json"))) == 4
     # Both workers took shard runs.
     for name in ("worker-a", "worker-b"):
         text = (tmp_path / f"{name}.log").read_text()
