@@ -27,7 +27,6 @@ Writes ``<out>/bench_store.json`` and prints a markdown table for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one measured 
         for dt in ("float32", "float16"):
             path = out / f"store-{d}-{dt}.parquet"
 
-            def rescore(path: Path = path, d: int = d, dt: str = dt) -> None:
+            def rescore(path: Path = path, d: int = d, dt: str = dt, stacked: Any = stacked) -> None:
                 seg = read_segment(path)
                 rescore_segment(seg, np.arange(len(seg.ids)), stacked, score, out / f"rescored-{d}-{dt}.parquet")
 

@@ -90,7 +90,8 @@ def kill_point(name: str, index: int | None = None) -> None:
     """Test hook for kill-and-resume tests. With ``GDIG_FAULTS={"kill": "reference:1"}`` the
     process group is SIGKILLed right here (after reference-training step 1): nothing gets to clean
     up, as when a machine dies. Points: ``reference:<step>``, ``finetune:<step>``,
-    ``curvature_stats:<shard>``, ``lambda_stats:<shard>``, ``scores:<shard>``, ``evaluation``."""
+    ``curvature_stats:<shard>``, ``lambda_stats:<shard>``, ``scores:<shard>``, ``gradients:<shard>``
+    (a pass that only fills the gradient store), ``evaluation``."""
     spec = os.environ.get("GDIG_FAULTS")
     if not spec:
         return

@@ -93,7 +93,7 @@ def _read_table(location: str) -> Any:
 
 
 def _rescore(cfg: GdigConfig, keys: list[str], grads: StoreIndex, scores_root: str, precond: StageOutput,
-             work: Path, label: str) -> list[str]:
+             work: Path, note: str) -> list[str]:
     """Score ``keys`` from the gradient store against the projected seeds; returns the keys whose
     store segment did not verify (to be recomputed)."""
     import numpy as np
@@ -109,8 +109,9 @@ def _rescore(cfg: GdigConfig, keys: list[str], grads: StoreIndex, scores_root: s
                         score_variants(cfg.curvature.method, cfg.scoring.variants))
     groups = grads.segments(keys)
     corrupt: list[str] = []
-    progress = artifacts.progress(artifacts.artifact_key(label, "rescore"), 0.0 if groups else 1.0,
-                                  f"{label}: rescoring {len(keys)} rows from the gradient store")
+    what = f"scoring: {len(keys)} rows from the gradient store"
+    progress = artifacts.progress(artifacts.artifact_key("scoring", "progress"), 0.0 if groups else 1.0,
+                                  f"{what}; {note}")
     for done, (location, items) in enumerate(groups.items(), start=1):
         data = read_verified(grads, location)
         if data is None:
@@ -124,7 +125,7 @@ def _rescore(cfg: GdigConfig, keys: list[str], grads: StoreIndex, scores_root: s
             local = storage.local(out) if not storage.is_url(out) else work / "rescored" / segment_name(chunk_keys)
             summary = calls_rescore(cfg)(segment, np.array([row for _, row in chunk]), seeds, out_path=local)
             publish_segment(local, out, chunk_keys, summary)
-        artifacts.update_progress(progress, done / len(groups), f"{label}: {done}/{len(groups)} store segments rescored")
+        artifacts.update_progress(progress, done / len(groups), f"{what}, {done}/{len(groups)} store segments done; {note}")
     return corrupt
 
 
@@ -185,12 +186,12 @@ def scoring_stage(
             for attempt in range(2):  # a store segment found corrupt is recomputed once
                 planner.jobs = []
                 planner.add("gradients", f"gradients-{attempt}", missing, grads_root, None)
-                map_shards("scoring/gradients", planner.jobs, orch,
-                           _note(reused, new_rows, f"{len(missing)} rows need a pass for the gradient store"))
+                note = _note(reused, new_rows, f"{len(missing)} rows need a pass for the gradient store")
+                map_shards("scoring", planner.jobs, orch, note)
                 stored += len(missing)
                 grads = index_store(grads_root, verify_digests=False)
                 done = index_store(scores_root, verify_digests=False)
-                missing = _rescore(cfg, [k for k in need if k not in done], grads, scores_root, precond, work, label)
+                missing = _rescore(cfg, [k for k in need if k not in done], grads, scores_root, precond, work, note)
                 if not missing:
                     break
             else:

@@ -103,6 +103,8 @@ def test_grown_shrunk_shuffled_pool_scores_only_new_rows_and_rescore_uses_the_st
     rec = _scoring_record(third)
     assert (rec["path"], rec["rows_scored"], rec["rows_reused"], rec["rows_stored"]) == ("store", 56, 0, 0)
     assert not third.events("shard_computed", "scoring")  # every candidate came from the store
+    assert any("rows_reused=0 rows_scored=56" in d and "gradient store" in d
+               for d in _progress_descriptions(prefect_server))
     assert "precondition/reference" in {r["stage"] for r in third.events("computed")}
     store = _scores(third)
     for i, exact in after.items():
