@@ -29,9 +29,10 @@ def _stage_label(out: StageOutput) -> str:
 
 
 def stage_times(stages: list[StageOutput]) -> list[dict[str, Any]]:
-    """How long each stage took when it was computed, and whether this run reused it."""
-    return [{"stage": _stage_label(o), "seconds": round(o.seconds, 1) if o.seconds is not None else None,
-             "cached in this run": o.cached} for o in stages]
+    """How long each stage took when it was computed (whichever run computed it). Whether this
+    run reused it is left out: an identical rerun must find the same report in the cache."""
+    return [{"stage": _stage_label(o), "seconds": round(o.seconds, 1) if o.seconds is not None else None}
+            for o in stages]
 
 
 def _labels(summary: dict[str, Any]) -> dict[str, Any]:
