@@ -143,7 +143,7 @@ def influence_markdown(res: dict[str, Any], command: str) -> str:
 def influence_part(suite: Suite, tiny: bool, cap_s: float) -> None:
     out = suite.out / "influence.json"
     cmd = [sys.executable, str(ROOT / "bench" / "bench_influence.py"), "--json", str(out)]
-    cmd += ["--tiny", "--batches", "2", "--repeats", "1"] if tiny else ["--batch-size", "16"]
+    cmd += ["--tiny", "--batches", "2", "--repeats", "1"] if tiny else ["--batch-size", "16", "--eig-dtype", "float32"]
     kronfluence = importlib.util.find_spec("kronfluence") is not None
     if not kronfluence:
         cmd.append("--no-kronfluence")
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="pipeline run directory, outside --out; a rerun with the same one resumes "
                          "(default: <tmp>/gdig-gpu-suite/{gpu,tiny}; the Gemma conversion goes beside it)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="wall-time budget of the whole suite")
-    ap.add_argument("--influence-cap-s", type=float, default=200.0, help="most seconds for the influence benchmark")
+    ap.add_argument("--influence-cap-s", type=float, default=240.0, help="most seconds for the influence benchmark")
     ap.add_argument("--max-seeds", type=int, default=3, help="finetuning seeds the last phases may go up to")
     ap.add_argument("--skip-influence", action="store_true")
     ap.add_argument("--skip-evidence", action="store_true")
