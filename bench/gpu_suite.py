@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +239,7 @@ def write_evidence(suite: Suite, run_dir: Path, phases: list[dict[str, Any]], ex
     if phases and phases[-1]["status"] != "ok":
         part = partial_report(run_dir, run_dir / "partial-report", "Partial results (evaluations finished so far)")
         data["partial_rows"] = part["rows"]
-        text += part["markdown"].replace("# Partial", "## Partial", 1) + "\n"
+        text += ("\n" + part["markdown"]).replace("\n#", "\n##") + "\n"
         png = run_dir / "partial-report" / "report.png"
     else:
         png = report_dir / "report.png"
@@ -289,6 +291,18 @@ def evidence_part(suite: Suite, cfg: GdigConfig, run_dir: Path, max_seeds: int) 
             break
 
 
+def guarded(suite: Suite, part: str, fn: Callable[[], None]) -> bool:
+    """Run one part; an exception is recorded (suite.json, traceback in suite.log) and the next
+    part still runs: a rare GPU window should bring back whatever worked."""
+    try:
+        fn()
+        return True
+    except Exception as err:  # noqa: BLE001 - reported, not hidden
+        suite.save(part, error=f"{type(err).__name__}: {err}")
+        suite.note(f"{part} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="results folder (JSON + markdown)")
@@ -317,13 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, overrides)
     if args.tiny:
         cfg = tiny_config(cfg)
+    ok = True
     if not args.skip_influence:
-        influence_part(suite, args.tiny, args.influence_cap_s)
+        ok &= guarded(suite, "influence", lambda: influence_part(suite, args.tiny, args.influence_cap_s))
     if not args.skip_evidence:
-        evidence_part(suite, cfg, run_dir, args.max_seeds)
+        ok &= guarded(suite, "evidence", lambda: evidence_part(suite, cfg, run_dir, args.max_seeds))
     suite.save()
     suite.note(f"done in {time.time() - suite.start:.0f} s; results in {out}")
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -41,6 +41,20 @@ def test_seed_cost_counts_seed_zero_finetunes_and_evaluations(tmp_path: Path) ->
     assert gs.seed_cost_s(tmp_path) == 50.0
 
 
+def test_a_failing_part_is_recorded_and_a_failed_phase_still_reports(tmp_path: Path) -> None:
+    gs = _suite()
+    suite = gs.Suite(tmp_path / "out", 60)
+    assert not gs.guarded(suite, "influence", lambda: 1 / 0)
+    state = json.loads((tmp_path / "out" / "suite.json").read_text())
+    assert state["parts"]["influence"]["error"] == "ZeroDivisionError: division by zero"
+    assert "Traceback" in (tmp_path / "out" / "suite.log").read_text()
+    (tmp_path / "run").mkdir()
+    gs.write_evidence(suite, tmp_path / "run", [{"overrides": ["a"], "status": "failed (exit 1)", "seconds": 3}], {})
+    text = (tmp_path / "out" / "evidence.md").read_text()
+    assert "| 1 | `a` | failed (exit 1) | 3 |" in text and "## Partial results" in text
+    assert json.loads((tmp_path / "out" / "evidence.json").read_text())["partial_rows"] == []
+
+
 def test_gpu_config_is_the_issue_setting() -> None:
     from gdig_core.config import load_config
 

@@ -133,10 +133,15 @@ def test_install_offline_from_a_small_wheelhouse_into_a_fresh_venv(tmp_path: Pat
     """`make install-offline` with pip --no-index: the wheelhouse's packages and gdig go into a fresh
     venv; torch and the rest are an "image" the venv sees through a .pth file (links to this
     environment's site-packages less the wheelhouse's packages), and pip reinstalls none of them."""
-    installed = {wh.canonicalize_name(d.metadata["Name"]) for d in metadata.distributions()}
-    provided = sorted(installed - {wh.canonicalize_name(n) for n in SMALL} - {"gdig"})
+    installed = {wh.canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    small = {wh.canonicalize_name(n) for n in SMALL}
+    # Pinned to this environment's versions, so that the resolution stays consistent with the
+    # "image" whatever PyPI releases next; the closure check then compares real versions.
+    pins = [f"{n}=={installed[n]}" for n in sorted(small)]
+    provided = [f"{n}=={v}" for n, v in sorted(installed.items()) if n not in small and n != "gdig"]
     house = tmp_path / "wheelhouse"
-    args = ["--out", str(house), *(a for n in provided for a in ("--provided", n))]
+    args = ["--out", str(house), *(a for p in pins for a in ("--require", p)),
+            *(a for p in provided for a in ("--provided", p))]
     assert wh.main(args) == 0
     got = {wh.wheel_name(w) for w in house.glob("part-*/*.whl")}
     assert got == {wh.canonicalize_name(n) for n in SMALL}, got
