@@ -65,11 +65,11 @@ wheelhouse:
 		$(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM)) $(WHEELHOUSE_ARGS)
 	du -sh $(WHEELHOUSE)/*/
 
-# The GPU machines' image (Python 3.12, manylinux x86-64): its own packages stay out
+# The GPU machines' image (Python 3.12.3, manylinux x86-64): its own packages stay out
 # (scripts/gpu-image-packages.txt); kronfluence comes for the influence benchmark's comparison;
 # fallback/ holds newer copies of image packages, installed there only where one is too old.
 wheelhouse-gpu:
-	$(MAKE) wheelhouse WHEELHOUSE=wheelhouse-gpu WHEEL_PYTHON=3.12 WHEEL_PLATFORM=manylinux_x86_64 \
+	$(MAKE) wheelhouse WHEELHOUSE=wheelhouse-gpu WHEEL_PYTHON=3.12.3 WHEEL_PLATFORM=manylinux_x86_64 \
 		WHEELHOUSE_ARGS="--provided-file scripts/gpu-image-packages.txt --no-deps-extra kronfluence==1.0.1 \
 		--no-deps-extra einconv==0.1.0 --fallback"
 

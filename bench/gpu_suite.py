@@ -254,7 +254,8 @@ def write_evidence(suite: Suite, run_dir: Path, phases: list[dict[str, Any]], ex
         (suite.out / "evidence.png").write_bytes(png.read_bytes())
 
 
-def evidence_part(suite: Suite, cfg: GdigConfig, run_dir: Path, max_seeds: int) -> None:
+def evidence_part(suite: Suite, cfg: GdigConfig, run_dir: Path, max_seeds: int, cache: Path) -> None:
+    """The evidence phases; ``cache`` is where the Gemma conversion goes (GDIG_CACHE of the runs)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg.model_copy(deep=True)
     cfg.orchestration.run_dir = str(run_dir)
@@ -268,10 +269,10 @@ def evidence_part(suite: Suite, cfg: GdigConfig, run_dir: Path, max_seeds: int) 
 
         suite.note("Gemma-3-270M: GGUF -> safetensors (once; every later load reads the conversion)")
         t0 = time.time()
-        gemma_checkpoint(cfg.model.cache_dir)
+        gemma_checkpoint(cfg.model.cache_dir or cache)
         extra["gemma_conversion_s"] = round(time.time() - t0, 1)
         suite.save("evidence", gemma_conversion_s=extra["gemma_conversion_s"])
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GDIG_CACHE=str(cache))
     phases: list[dict[str, Any]] = []
     for overrides in phase_overrides(cfg.selection.budgets, max_seeds):
         if len(phases) >= 2 and phases[-1]["status"] == "ok":  # extra seeds: only when one fits
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     suite = Suite(out, args.budget_s)
     run_dir = (args.run_dir or Path(tempfile.gettempdir()) / "gdig-gpu-suite" / ("tiny" if args.tiny else "gpu")).resolve()
-    os.environ.setdefault("GDIG_CACHE", str(run_dir.parent / "gdig-cache"))
+    cache = Path(os.environ.get("GDIG_CACHE") or run_dir.parent / "gdig-cache")
     suite.state["environment"] = environment()
     suite.state["command"] = " ".join(["bench/gpu_suite.py", *(argv if argv is not None else sys.argv[1:])])
     suite.save()
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_influence:
         ok &= guarded(suite, "influence", lambda: influence_part(suite, args.tiny, args.influence_cap_s))
     if not args.skip_evidence:
-        ok &= guarded(suite, "evidence", lambda: evidence_part(suite, cfg, run_dir, args.max_seeds))
+        ok &= guarded(suite, "evidence", lambda: evidence_part(suite, cfg, run_dir, args.max_seeds, cache))
     suite.save()
     suite.note(f"done in {time.time() - suite.start:.0f} s; results in {out}")
     return 0 if ok else 1

@@ -137,10 +137,13 @@ def _applies(req: Requirement, env: Mapping[str, str], extras: Iterable[str]) ->
 
 def keep_set(
     roots: Iterable[str], dists: Mapping[str, Dist], env: Mapping[str, str],
-    exclude: Iterable[str] = (), provided: Iterable[str] = (),
+    exclude: Iterable[str] = (), provided: Iterable[str] = (), unresolved: list[str] | None = None,
 ) -> set[str]:
     """Names of the wheels to download: everything ``roots`` need for ``env``, walking through an
-    excluded package (its dependencies stay) but not through a provided one (the target has them)."""
+    excluded package (its dependencies stay) but not through a provided one (the target has them).
+
+    A requirement pip did not resolve raises KeyError, or with ``unresolved`` is appended to it
+    (pip evaluates environment markers for the interpreter it runs on, not the target)."""
     exclude, provided = {canonicalize_name(n) for n in exclude}, {canonicalize_name(n) for n in provided}
     seen: set[str] = set()
     extras_of: dict[str, set[str]] = {}
@@ -160,7 +163,10 @@ def keep_set(
         extras_of.setdefault(name, set()).update(extras)
         dist = dists.get(name)
         if dist is None:
-            raise KeyError(f"{name} is required but pip did not resolve it")
+            if unresolved is None:
+                raise KeyError(f"{name} is required but pip did not resolve it")
+            unresolved.append(name + (f"[{','.join(sorted(extras))}]" if extras else ""))
+            continue
         for r in dist.requires:
             req = Requirement(r)
             if _applies(req, env, extras_of[name]):
@@ -303,6 +309,13 @@ def build(args: argparse.Namespace) -> dict:
     reqs, build_reqs = project_requirements(ROOT / "pyproject.toml", with_prefect=not args.no_prefect)
     reqs += list(args.require)
     dists = resolve(reqs + build_reqs, target, pip)
+    for _ in range(5):  # what only the target's markers require: resolved on its own, then merged
+        missing: list[str] = []
+        keep_set(reqs, dists, env, exclude=args.exclude, provided=provided, unresolved=missing)
+        keep_set(build_reqs, dists, env, exclude=args.exclude, unresolved=missing)
+        if not missing:
+            break
+        dists = resolve(sorted(set(missing)), target, pip) | dists
     keep = keep_set(reqs, dists, env, exclude=args.exclude, provided=provided)
     # pip builds in an isolated environment that sees nothing installed: provided packages count not.
     build_keep = keep_set(build_reqs, dists, env, exclude=args.exclude) - keep

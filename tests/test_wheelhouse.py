@@ -48,6 +48,17 @@ def test_exclude_keeps_dependencies_provided_prunes_them() -> None:
     assert wh.boundary(keep, dists, env, {"web": None, "torch": "2.11.0"}) == {"web"}
 
 
+def test_what_pip_left_unresolved_is_named_not_lost() -> None:
+    # pip evaluates markers for the interpreter it runs on: a need of the target alone is missing.
+    dists = _dists({"app": ["lib", "backport; python_version < '3.99'"], "lib": []})
+    env = wh.Target("3.12", ()).marker_env()
+    with pytest.raises(KeyError, match="backport"):
+        wh.keep_set(["app"], dists, env)
+    missing: list[str] = []
+    assert wh.keep_set(["app"], dists, env, unresolved=missing) == {"app", "lib", "backport"}
+    assert missing == ["backport"]
+
+
 def test_target_markers_are_the_targets() -> None:
     env = wh.Target("3.12", wh.expand_platforms(["manylinux_x86_64"])).marker_env()
     assert env["python_version"] == "3.12" and env["python_full_version"] == "3.12.0"
