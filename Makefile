@@ -67,7 +67,8 @@ wheelhouse:
 
 # The GPU machines' image (Python 3.12.3, manylinux x86-64): its own packages stay out
 # (scripts/gpu-image-packages.txt); kronfluence comes for the influence benchmark's comparison;
-# fallback/ holds newer copies of image packages, installed there only where one is too old.
+# fallback/ holds the image packages these wheels require, at the resolved versions: installed there
+# only where the image's own version misses a requirement (scripts/site_check.py --fix).
 wheelhouse-gpu:
 	$(MAKE) wheelhouse WHEELHOUSE=wheelhouse-gpu WHEEL_PYTHON=3.12.3 WHEEL_PLATFORM=manylinux_x86_64 \
 		WHEELHOUSE_ARGS="--provided-file scripts/gpu-image-packages.txt --no-deps-extra kronfluence==1.0.1 \
