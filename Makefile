@@ -19,7 +19,8 @@ export TOKENIZERS_PARALLELISM := false
 
 # Offline installs (README.md, "Installing without internet"). `make wheelhouse` downloads every
 # wheel gdig needs for one target except torch (the target brings its own torch; torch's own needs
-# are in: TORCH_SPEC is resolved to see them), split into part-NN folders of at most 60 MiB.
+# are in: TORCH_SPEC, a requirement such as torch==2.13.0 here, is resolved to see them), split into
+# part-NN folders of at most 60 MiB.
 # Target: WHEEL_PYTHON (e.g. 3.12) and WHEEL_PLATFORM (a pip platform tag, or manylinux_x86_64
 # for every manylinux x86-64 tag); empty = this machine's.
 WHEELHOUSE ?= wheelhouse
