@@ -329,8 +329,10 @@ class SelectionConfig(Section):
     quality_rule: Literal["fraction", "topk", "min_mean"] = "fraction"
     tau: float = Field(default=1.0, ge=0, le=1)
     min_mean: float = 0.0
-    #: Size of the quality set under quality_rule=topk; None ties it to the budget (4 x budget).
+    #: Size of the quality set under quality_rule=topk; None ties it to the budget
+    #: (top_k_per_budget x budget), so one setting serves several budgets.
     top_k: int | None = Field(default=None, gt=0)
+    top_k_per_budget: float = Field(default=4.0, gt=0)
     #: k-means K; None ties it to the budget (budget // cluster_size_hint, at least 2).
     n_clusters: int | None = Field(default=None, gt=0)
     cluster_size_hint: int = Field(default=10, gt=0)

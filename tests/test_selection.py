@@ -65,6 +65,10 @@ def test_topk_and_min_mean_rules(known):
     assert _ids(scores, topk.order) == ["c0001", "c0002"]
     tied = quality_rank(scores, SelectionConfig(quality_rule="topk"), budget=1)  # 4 x budget
     assert len(tied.order) == 4
+    # One ratio serves every budget: 2 x budget, as the tuned "gdig" method (evidence configs).
+    two = quality_rank(scores, SelectionConfig(quality_rule="topk", top_k_per_budget=2.0), budget=1)
+    assert _ids(scores, two.order) == ["c0001", "c0002"]
+    assert len(quality_rank(scores, SelectionConfig(quality_rule="topk", top_k_per_budget=1.5), budget=2).order) == 3
     mm = quality_rank(scores, SelectionConfig(quality_rule="min_mean", min_mean=1.5), budget=1)
     assert _ids(scores, mm.order) == ["c0001", "c0002"]  # the bad c4 (mean 5) stays out
 
