@@ -19,13 +19,12 @@ from tasks.stage_keys import key_parts, stage_calls
 
 
 def _stage_label(out: StageOutput) -> str:
+    # Stages shared by several labels (two methods that selected the same pairs) show the caller's.
     s = out.summary
-    parts = [out.stage] + [str(s[k]) for k in ("model", "method") if s.get(k)]
-    if s.get("budget"):
-        parts.append(f"b{s['budget']}")
-    if s.get("seed") is not None:
-        parts.append(f"s{s['seed']}")
-    return "/".join(parts)
+    if out.stage in ("finetune", "evaluation") and s.get("method"):
+        parts = [out.stage, str(s["method"]), f"b{s.get('budget')}"]
+        return "/".join(parts + ([f"s{s['seed']}"] if isinstance(s.get("seed"), int) else []))
+    return out.label or out.stage
 
 
 def stage_times(stages: list[StageOutput]) -> list[dict[str, Any]]:
