@@ -33,7 +33,8 @@ EXPECTED: dict[str, list[str]] = {
     "base-model": ["model.tiny.*"],
     "reference": [*_PROMPT, *_MODEL_ALL, "reference.sample", "reference.train.seed",
                   *[f"reference.train.{f}" for f in _TRAIN]],
-    "curvature": [*_PROMPT, *_MODEL_LOAD, "curvature.*"],
+    # The score variants decide which statistics passes the preconditioners they need take.
+    "curvature": [*_PROMPT, *_MODEL_LOAD, "curvature.*", "scoring.variants"],
     # precondition_seeds reads scoring.autocast (the hand-kept key had left it out) and the
     # tracked modules; the curvature method and damping reach it through the factors file.
     # curvature.method and scoring.variants decide which preconditioners are applied.
@@ -47,7 +48,7 @@ EXPECTED: dict[str, list[str]] = {
     # Which methods and budgets are listed does not change what one (method, budget) selects.
     # The target language feeds the text filters (language id, length ratio).
     "selection": ["data.tgt_lang", "selection.quality_rule", "selection.tau", "selection.min_mean", "selection.top_k",
-                  "selection.n_clusters", "selection.cluster_size_hint", "selection.kmeans_algorithm",
+                  "selection.top_k_per_budget", "selection.n_clusters", "selection.cluster_size_hint", "selection.kmeans_algorithm",
                   "selection.kmeans_max_iter", "selection.shortfall", "selection.seed"],
     # The finetune seed comes from finetune.seeds (the key of seed 0 is computed here).
     "finetune": [*_PROMPT, *_MODEL_ALL, *[f"finetune.train.{f}" for f in _TRAIN]],
@@ -81,7 +82,7 @@ def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[str, .
 
 
 #: Fields whose values are names from a fixed set: another valid value, by hand.
-_OTHER_VALUE = {"scoring.variants": [["identity-cosine"]], "scoring.models": [["reference", "base"]]}
+_OTHER_VALUE = {"scoring.variants": [["kfac-raw"]], "scoring.models": [["reference", "base"]]}
 
 
 def _candidates(value: Any, annotation: Any) -> list[Any]:
