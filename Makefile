@@ -15,7 +15,24 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo evidence test lint clean
+.PHONY: install demo evidence test lint clean wheelhouse wheelhouse-gpu gpu-data install-offline
+
+# Offline installs (README.md, "Installing without internet"). `make wheelhouse` downloads every
+# wheel gdig needs for one target except torch (the target brings its own torch; torch's own needs
+# are in: TORCH_SPEC, a requirement such as torch==2.13.0 here, is resolved to see them), split into
+# part-NN folders of at most 60 MiB.
+# Target: WHEEL_PYTHON (e.g. 3.12) and WHEEL_PLATFORM (a pip platform tag, or manylinux_x86_64
+# for every manylinux x86-64 tag); empty = this machine's.
+WHEELHOUSE ?= wheelhouse
+WHEEL_PYTHON ?=
+WHEEL_PLATFORM ?=
+WHEELHOUSE_ARGS ?= --require "$(TORCH_SPEC)" --exclude torch
+# Evaluated when a recipe runs, so `make wheelhouse install-offline` sees the fresh parts.
+FIND_LINKS = $(foreach d,$(wildcard $(WHEELHOUSE)/part-* $(WHEELHOUSE)/build),--find-links $(d))
+# The data files configs/evidence-de-en-gpu.yaml reads, copied into the checkout for a GPU machine.
+DATA_DIR ?= ../shared/data/mt
+GPU_DATA = de-en/pool.wmt17-20.jsonl de-en/flores.dev.tsv de-en/flores.devtest.de de-en/flores.devtest.en \
+	zh-en/pool.wmt17-20.jsonl
 
 # kronfluence (the test suite's independent EK-FAC reference) comes with --no-deps: its metadata
 # pins torchvision, which it never imports, and a mismatched torchvision breaks transformers.
@@ -43,6 +60,33 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+wheelhouse:
+	$(PYTHON) scripts/wheelhouse.py --out $(WHEELHOUSE) $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON)) \
+		$(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM)) $(WHEELHOUSE_ARGS)
+	du -sh $(WHEELHOUSE)/*/
+
+# The GPU machines' image (Python 3.12.3, manylinux x86-64): its own packages stay out
+# (scripts/gpu-image-packages.txt); kronfluence comes for the influence benchmark's comparison;
+# fallback/ holds the image packages these wheels require, at the resolved versions: installed there
+# only where the image's own version misses a requirement (scripts/site_check.py --fix).
+wheelhouse-gpu:
+	$(MAKE) wheelhouse WHEELHOUSE=wheelhouse-gpu WHEEL_PYTHON=3.12.3 WHEEL_PLATFORM=manylinux_x86_64 \
+		WHEELHOUSE_ARGS="--provided-file scripts/gpu-image-packages.txt --no-deps-extra kronfluence==1.0.1 \
+		--no-deps-extra einconv==0.1.0 --fallback"
+
+gpu-data:
+	for f in $(GPU_DATA); do install -D -m 644 $(DATA_DIR)/$$f gpu-data/mt/$$f; done
+	du -sh gpu-data
+
+# No index: everything from $(WHEELHOUSE) (torch too unless the venv already imports it: then a
+# local wheel or index pip is configured with, e.g. TORCH_SPEC=/path/to/torch.whl). Packages the
+# venv already has are kept.
+install-offline:
+	@test -d $(WHEELHOUSE) || { echo "no wheelhouse at $(WHEELHOUSE): run make wheelhouse first"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-index $(FIND_LINKS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --no-index $(FIND_LINKS) -e .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -174,8 +174,8 @@ def rank_by_benefit(scores: ScoreTable, idx: np.ndarray, tie: np.ndarray | None 
 
 
 def quality_size_for(cfg: SelectionConfig, budget: int) -> int:
-    """The quality-set size under ``quality_rule=topk`` (``top_k``, else 4 x budget)."""
-    return cfg.top_k if cfg.top_k is not None else 4 * budget
+    """The quality-set size under ``quality_rule=topk`` (``top_k``, else top_k_per_budget x budget)."""
+    return cfg.top_k if cfg.top_k is not None else max(1, round(cfg.top_k_per_budget * budget))
 
 
 def quality_mask(

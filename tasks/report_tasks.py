@@ -19,19 +19,19 @@ from tasks.stage_keys import key_parts, stage_calls
 
 
 def _stage_label(out: StageOutput) -> str:
+    # Stages shared by several labels (two methods that selected the same pairs) show the caller's.
     s = out.summary
-    parts = [out.stage] + [str(s[k]) for k in ("model", "method") if s.get(k)]
-    if s.get("budget"):
-        parts.append(f"b{s['budget']}")
-    if s.get("seed") is not None:
-        parts.append(f"s{s['seed']}")
-    return "/".join(parts)
+    if out.stage in ("finetune", "evaluation") and s.get("method"):
+        parts = [out.stage, str(s["method"]), f"b{s.get('budget')}"]
+        return "/".join(parts + ([f"s{s['seed']}"] if isinstance(s.get("seed"), int) else []))
+    return out.label or out.stage
 
 
 def stage_times(stages: list[StageOutput]) -> list[dict[str, Any]]:
-    """How long each stage took when it was computed, and whether this run reused it."""
-    return [{"stage": _stage_label(o), "seconds": round(o.seconds, 1) if o.seconds is not None else None,
-             "cached in this run": o.cached} for o in stages]
+    """How long each stage took when it was computed (whichever run computed it). Whether this
+    run reused it is left out: an identical rerun must find the same report in the cache."""
+    return [{"stage": _stage_label(o), "seconds": round(o.seconds, 1) if o.seconds is not None else None}
+            for o in stages]
 
 
 def _labels(summary: dict[str, Any]) -> dict[str, Any]:

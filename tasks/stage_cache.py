@@ -98,6 +98,8 @@ class StageOutput(BaseModel):
     cached: bool = False
     #: Wall time of the computation that produced these outputs (whenever it ran).
     seconds: float | None = None
+    #: What this run called the stage (``curvature/base``, ``finetune/gdig/b200/s0``...).
+    label: str | None = None
 
     def path(self, name: str) -> Path:
         return Path(self.dir) / name
@@ -166,10 +168,13 @@ def check_manifest(root: str | Path) -> tuple[dict[str, Any] | None, str | None]
     return manifest, None
 
 
-def stage_output(stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool) -> StageOutput:
+def stage_output(
+    stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool, label: str | None = None
+) -> StageOutput:
     files = {rel: meta["digest"] for rel, meta in manifest["files"].items()}
     return StageOutput(stage=stage, key=key, dir=str(root), files=files, volatile=manifest.get("volatile", []),
-                       summary=manifest.get("summary", {}), cached=cached, seconds=manifest.get("seconds"))
+                       summary=manifest.get("summary", {}), cached=cached, seconds=manifest.get("seconds"),
+                       label=label or stage)
 
 
 def lookup(run_dir: str | Path, stage: str, key: str, label: str | None = None) -> StageOutput | None:
@@ -185,7 +190,7 @@ def lookup(run_dir: str | Path, stage: str, key: str, label: str | None = None) 
         record("cache_corrupt", label or stage, key=key, reason=problem)
     if manifest is None:
         return None
-    return stage_output(stage, key, root, manifest, cached=True)
+    return stage_output(stage, key, root, manifest, cached=True, label=label)
 
 
 def sweep_temporaries(run_dir: str | Path) -> list[Path]:
@@ -259,4 +264,4 @@ def run_stage(
     shutil.rmtree(work, ignore_errors=True)
     record("computed", name, key=key, seconds=manifest["seconds"],
            **(record_fields(manifest["summary"], False) if record_fields else {}))
-    return stage_output(stage, key, final, manifest, cached=False)
+    return stage_output(stage, key, final, manifest, cached=False, label=name)

@@ -69,7 +69,7 @@ def _reference_stats(model, examples, name):
 def test_covariance_sums_match_direct_computation():
     model = _model()
     examples = _examples(6)
-    cfg = CurvatureConfig()
+    cfg = CurvatureConfig(method="ekfac")
     tracked = select_tracked_modules(model, cfg)
     stats = covariance_stats(model, _batches(examples, 4), tracked, cfg)
     for name in ("model.layers.0.mlp.gate_proj", "model.layers.1.mlp.down_proj"):
@@ -84,7 +84,7 @@ def test_covariance_sums_match_direct_computation():
 def test_three_shards_merged_equal_one(tmp_path, fisher):
     model = _model()
     examples = _examples(9)
-    cfg = CurvatureConfig(fisher=fisher, sampling_seed=3)
+    cfg = CurvatureConfig(method="ekfac", fisher=fisher, sampling_seed=3)
     tracked = select_tracked_modules(model, cfg)
     whole = covariance_stats(model, _batches(examples, 4), tracked, cfg)
     paths = []
@@ -188,7 +188,7 @@ def test_nan_example_is_dropped_and_counted_not_merged():
     bad = {k: v.clone() for k, v in bad.items()}
     bad["input_ids"][4] = POISON
     poisoned[2] = ("poisoned", bad)
-    cfg = CurvatureConfig()
+    cfg = CurvatureConfig(method="ekfac")
     tracked = select_tracked_modules(model, cfg)
     got = covariance_stats(model, _batches(poisoned, 3), tracked, cfg)
     ref = covariance_stats(model, _batches(clean[:2] + clean[3:], 3), tracked, cfg)
@@ -235,7 +235,7 @@ def test_finite_loss_but_nonfinite_activations_take_the_careful_path():
             x[1, -1] = float("nan")
         return (x,)
 
-    cfg = CurvatureConfig()
+    cfg = CurvatureConfig(method="ekfac")
     tracked = select_tracked_modules(model, cfg)
     handle = model.get_submodule(name).register_forward_pre_hook(poison)
     try:

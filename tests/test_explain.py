@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory):
     benefit[40:, 0] = -0.5  # ...except the third blob, which harms seed s00 (below tau=1)
     benefit[10] = [3.0, 2.0, 1.0, 0.5, 0.25]  # best candidate by far
     scores, pool = write_run(root, benefit, feats, bad={7: "empty_target"})
-    cfg = SelectionConfig(budgets=[6], n_clusters=3, methods=["gdig", "quality", "random"])
+    cfg = SelectionConfig(quality_rule="fraction", budgets=[6], n_clusters=3, methods=["gdig", "quality", "random"])
     run_selection(scores, pool, cfg, root / "selection", plots=False)
     return root
 

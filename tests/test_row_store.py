@@ -108,6 +108,8 @@ def test_pins_are_checked_and_a_wrong_hash_is_refused(tmp_path: Path) -> None:
     factor_files = {f"factors-{m}.safetensors": m.encode() for m in ("ekfac", "kfac", "identity")}
     curv = _stage(tmp_path, "curvature", factor_files, {"reference": ref.digest("model")})
     cfg = GdigConfig()
+    cfg.reference.enabled = True  # the default scores the base model, with nothing to pin but factors
+    cfg.curvature.method = "ekfac"
     pins = pins_of(cfg, (str(ref.path("model")), ref.digest("model")), {"reference": curv})
     cfg.pin = PinConfig.model_validate(pins)
     check_pins(cfg)  # the pins a run printed are accepted

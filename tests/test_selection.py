@@ -50,28 +50,32 @@ def _ids(scores, idx):
 
 def test_fraction_rule_on_known_matrix(known):
     scores, _ = known
-    q = quality_rank(scores, SelectionConfig(tau=1.0), budget=2)
+    q = quality_rank(scores, SelectionConfig(quality_rule="fraction", tau=1.0), budget=2)
     assert _ids(scores, q.order) == ["c0001", "c0000", "c0005"]  # c0 before c5: equal mean, id order
     assert q.excluded == {"empty_target": 1}
     assert not q.eligible[4] and q.eligible.sum() == 5
-    q75 = quality_rank(scores, SelectionConfig(tau=0.75), budget=2)
+    q75 = quality_rank(scores, SelectionConfig(quality_rule="fraction", tau=0.75), budget=2)
     assert _ids(scores, q75.order) == ["c0001", "c0002", "c0000", "c0005"]  # c2 (3/4) now in; ties by id
-    assert quality_mask(scores, SelectionConfig(tau=0.0), 2).sum() == 5  # tau 0: every eligible row
+    assert quality_mask(scores, SelectionConfig(quality_rule="fraction", tau=0.0), 2).sum() == 5  # tau 0: every eligible row
 
 
 def test_topk_and_min_mean_rules(known):
     scores, _ = known
     topk = quality_rank(scores, SelectionConfig(quality_rule="topk", top_k=2), budget=1)
     assert _ids(scores, topk.order) == ["c0001", "c0002"]
-    tied = quality_rank(scores, SelectionConfig(quality_rule="topk"), budget=1)  # 4 x budget
+    tied = quality_rank(scores, SelectionConfig(quality_rule="topk", top_k_per_budget=4.0), budget=1)  # 4 x budget
     assert len(tied.order) == 4
+    # One ratio serves every budget: 2 x budget, as the tuned "gdig" method (evidence configs).
+    two = quality_rank(scores, SelectionConfig(quality_rule="topk", top_k_per_budget=2.0), budget=1)
+    assert _ids(scores, two.order) == ["c0001", "c0002"]
+    assert len(quality_rank(scores, SelectionConfig(quality_rule="topk", top_k_per_budget=1.5), budget=2).order) == 3
     mm = quality_rank(scores, SelectionConfig(quality_rule="min_mean", min_mean=1.5), budget=1)
     assert _ids(scores, mm.order) == ["c0001", "c0002"]  # the bad c4 (mean 5) stays out
 
 
 def test_quality_method_top_b(known, tmp_path):
     scores, pool = known
-    res = select(scores, pool, SelectionConfig(), "quality", 2, tmp_path / "q", plots=False)
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction"), "quality", 2, tmp_path / "q", plots=False)
     assert res.ids == ["c0001", "c0000"] and res.shortfall is None
 
 
@@ -100,7 +104,7 @@ def test_every_cluster_represented(tmp_path, budget):
     # Make blob 0 the best by far, so a quality-only ranking would take only blob 0.
     benefit[truth == 0] += 10
     scores, pool = write_run(tmp_path, benefit, feats)
-    cfg = SelectionConfig(n_clusters=5)
+    cfg = SelectionConfig(quality_rule="fraction", n_clusters=5)
     res = select(scores, pool, cfg, "gdig", budget, tmp_path / "gdig", plots=False)
     got = pq.read_table(tmp_path / "gdig" / "selected.parquet").to_pylist()
     idx = [int(r["id"][1:]) for r in got]
@@ -119,9 +123,9 @@ def test_every_cluster_represented(tmp_path, budget):
 def test_default_k_tied_to_budget(tmp_path):
     feats, _ = blobs(n_per=30, centres=4, d=4)
     scores, pool = write_run(tmp_path, np.ones((len(feats), 3)), feats)
-    plan, _ = plan_selection(scores, SelectionConfig(cluster_size_hint=10), "gdig", 50)
+    plan, _ = plan_selection(scores, SelectionConfig(quality_rule="fraction", cluster_size_hint=10), "gdig", 50)
     assert plan.clustering["k_requested"] == 5  # 50 // 10
-    plan, _ = plan_selection(scores, SelectionConfig(cluster_size_hint=10), "gdig", 5)
+    plan, _ = plan_selection(scores, SelectionConfig(quality_rule="fraction", cluster_size_hint=10), "gdig", 5)
     assert plan.clustering["k_requested"] == 2  # at least 2
 
 
@@ -130,7 +134,7 @@ def test_determinism_byte_for_byte(tmp_path):
     rng = np.random.default_rng(3)
     benefit = rng.standard_normal((len(feats), 5)) + 1.0
     scores, pool = write_run(tmp_path / "run", benefit, feats, bad={3: "nan_loss"})
-    cfg = SelectionConfig(tau=0.8, seed=7)
+    cfg = SelectionConfig(quality_rule="fraction", tau=0.8, seed=7)
     for method in ("gdig", "diversity", "random", "quality"):
         plots = method == "gdig"  # plots are slow-ish; one method covers their determinism
         a = select(scores, pool, cfg, method, 15, tmp_path / "a" / method, plots=plots)
@@ -144,7 +148,7 @@ def test_determinism_byte_for_byte(tmp_path):
                 tmp_path / "b" / method / name
             ).read_bytes(), name
     # Shard order does not matter: ties are broken by id, not by row position.
-    rev = SelectionConfig(tau=0.8, seed=7)
+    rev = SelectionConfig(quality_rule="fraction", tau=0.8, seed=7)
     from gdig_core.scores import read_scores
 
     shards = sorted((tmp_path / "run" / "scores").glob("*.parquet"))
@@ -158,18 +162,18 @@ def test_budget_zero_and_negative_rejected(known, tmp_path):
     scores, pool = known
     for bad in (0, -3, True, 2.5):
         with pytest.raises(SelectionError, match="positive integer"):
-            select(scores, pool, SelectionConfig(), "gdig", bad, tmp_path / "x")
+            select(scores, pool, SelectionConfig(quality_rule="fraction"), "gdig", bad, tmp_path / "x")
     with pytest.raises(ValidationError):
-        SelectionConfig(budgets=[0])
+        SelectionConfig(quality_rule="fraction", budgets=[0])
     with pytest.raises(SelectionError, match="unknown selection method"):
-        select(scores, pool, SelectionConfig(), "best", 2, tmp_path / "x")
+        select(scores, pool, SelectionConfig(quality_rule="fraction"), "best", 2, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
 def test_budget_larger_than_pool(known, tmp_path):
     scores, pool = known
     for method in ("random", "diversity", "full"):
-        res = select(scores, pool, SelectionConfig(), method, 100, tmp_path / method, plots=False)
+        res = select(scores, pool, SelectionConfig(quality_rule="fraction"), method, 100, tmp_path / method, plots=False)
         assert sorted(res.ids) == ["c0000", "c0001", "c0002", "c0003", "c0005"]  # all 5 eligible, not c4
         if method != "full":
             assert res.shortfall["available"] == 5 and "exceeds" in res.shortfall["message"]
@@ -179,7 +183,7 @@ def test_budget_larger_than_pool(known, tmp_path):
 
 def test_shortfall_take_all(known, tmp_path, caplog):
     scores, pool = known
-    cfg = SelectionConfig(shortfall="take_all")
+    cfg = SelectionConfig(quality_rule="fraction", shortfall="take_all")
     for method in ("gdig", "quality"):
         res = select(scores, pool, cfg, method, 5, tmp_path / method, plots=False)
         assert sorted(res.ids) == ["c0000", "c0001", "c0005"]  # the whole quality set, nothing else
@@ -190,7 +194,7 @@ def test_shortfall_take_all(known, tmp_path, caplog):
 
 def test_shortfall_top_up(known, tmp_path):
     scores, pool = known
-    cfg = SelectionConfig(shortfall="top_up")
+    cfg = SelectionConfig(quality_rule="fraction", shortfall="top_up")
     res = select(scores, pool, cfg, "gdig", 5, tmp_path / "g", plots=False)
     assert res.ids[3:] == ["c0002", "c0003"]  # next best by mean benefit outside Q (c4 is bad)
     rows = pq.read_table(tmp_path / "g" / "selected.parquet").to_pylist()
@@ -207,7 +211,7 @@ def test_shortfall_top_up(known, tmp_path):
 
 def test_k_larger_than_candidates(known, tmp_path):
     scores, pool = known
-    res = select(scores, pool, SelectionConfig(n_clusters=50), "gdig", 3, tmp_path / "g", plots=False)
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction", n_clusters=50), "gdig", 3, tmp_path / "g", plots=False)
     clu = res.summary["clustering"]
     assert clu["k_requested"] == 50 and clu["k_used"] <= 3
     assert sorted(res.ids) == ["c0000", "c0001", "c0005"]
@@ -216,16 +220,16 @@ def test_k_larger_than_candidates(known, tmp_path):
 def test_no_quality_candidates(tmp_path):
     feats, _ = blobs(n_per=5, centres=2, d=3)
     scores, pool = write_run(tmp_path, -np.ones((10, 3)), feats)  # harms every seed
-    res = select(scores, pool, SelectionConfig(shortfall="take_all"), "gdig", 4, tmp_path / "g", plots=False)
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction", shortfall="take_all"), "gdig", 4, tmp_path / "g", plots=False)
     assert res.size == 0 and res.shortfall["available"] == 0
-    res = select(scores, pool, SelectionConfig(shortfall="top_up"), "gdig", 4, tmp_path / "h", plots=False)
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction", shortfall="top_up"), "gdig", 4, tmp_path / "h", plots=False)
     assert res.size == 4
 
 
 def test_diversity_ranks_by_centroid_distance(tmp_path):
     feats, truth = blobs(n_per=10, centres=2, d=2, seed=4)
     scores, pool = write_run(tmp_path, np.ones((len(truth), 2)), feats)
-    res = select(scores, pool, SelectionConfig(n_clusters=2), "diversity", 4, tmp_path / "d", plots=False)
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction", n_clusters=2), "diversity", 4, tmp_path / "d", plots=False)
     cand = pq.read_table(tmp_path / "d" / "candidates.parquet").to_pylist()
     chosen = {r["id"]: r for r in cand if r["status"] == "selected"}
     assert set(chosen) == set(res.ids)
@@ -237,11 +241,11 @@ def test_diversity_ranks_by_centroid_distance(tmp_path):
 
 def test_random_baseline(known, tmp_path):
     scores, pool = known
-    a = select(scores, pool, SelectionConfig(seed=1), "random", 3, tmp_path / "a", plots=False)
-    b = select(scores, pool, SelectionConfig(seed=1), "random", 3, tmp_path / "b", plots=False)
+    a = select(scores, pool, SelectionConfig(quality_rule="fraction", seed=1), "random", 3, tmp_path / "a", plots=False)
+    b = select(scores, pool, SelectionConfig(quality_rule="fraction", seed=1), "random", 3, tmp_path / "b", plots=False)
     assert a.ids == b.ids and len(set(a.ids)) == 3 and "c0004" not in a.ids
     draws = {
-        tuple(select(scores, pool, SelectionConfig(seed=s), "random", 3, tmp_path / f"r{s}", plots=False).ids)
+        tuple(select(scores, pool, SelectionConfig(quality_rule="fraction", seed=s), "random", 3, tmp_path / f"r{s}", plots=False).ids)
         for s in range(6)
     }
     assert len(draws) > 1
@@ -249,7 +253,7 @@ def test_random_baseline(known, tmp_path):
 
 def test_output_files_and_schema(known, tmp_path):
     scores, pool = known
-    res = select(scores, pool, SelectionConfig(), "gdig", 2, tmp_path / "g")
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction"), "gdig", 2, tmp_path / "g")
     out = tmp_path / "g"
     table = pq.read_table(out / "selected.parquet")
     assert table.column_names == [*PAIR_COLUMNS, "score", "rank", "cluster", "reason"]
@@ -278,12 +282,12 @@ def test_output_files_and_schema(known, tmp_path):
 def test_pool_must_hold_selected_ids(known, tmp_path):
     scores, _ = known
     with pytest.raises(SelectionError, match="not in the pool"):
-        select(scores, pair_table(["c0000"], "p"), SelectionConfig(), "quality", 2, tmp_path / "x")
+        select(scores, pair_table(["c0000"], "p"), SelectionConfig(quality_rule="fraction"), "quality", 2, tmp_path / "x")
 
 
 def test_run_selection_layout(known, tmp_path):
     scores, pool = known
-    cfg = SelectionConfig(budgets=[1, 2])
+    cfg = SelectionConfig(quality_rule="fraction", budgets=[1, 2])
     results = run_selection(scores, pool, cfg, tmp_path / "sel", plots=False)
     assert len(results) == 9  # 4 methods x 2 budgets + full once
     assert selection_dir(tmp_path / "sel", "full", 2) == tmp_path / "sel" / "full" / "all"
@@ -301,7 +305,7 @@ def test_select_from_files_and_rewrite(known, tmp_path):
     a = select_from_files(
         tmp_path / "scores" / "*.parquet",
         tmp_path / "data" / "pool.parquet",
-        SelectionConfig(),
+        SelectionConfig(quality_rule="fraction"),
         "gdig",
         2,
         out,
@@ -310,7 +314,7 @@ def test_select_from_files_and_rewrite(known, tmp_path):
     b = select_from_files(
         tmp_path / "scores",
         tmp_path / "data" / "pool.parquet",
-        SelectionConfig(),
+        SelectionConfig(quality_rule="fraction"),
         "gdig",
         2,
         out,
@@ -323,7 +327,7 @@ def test_select_from_files_and_rewrite(known, tmp_path):
         select_from_files(
             tmp_path / "nothing" / "*.parquet",
             tmp_path / "data" / "pool.parquet",
-            SelectionConfig(),
+            SelectionConfig(quality_rule="fraction"),
             "gdig",
             2,
             out,
@@ -332,11 +336,11 @@ def test_select_from_files_and_rewrite(known, tmp_path):
 
 def test_outputs_independent_of_other_budgets(known, tmp_path):
     scores, pool = known
-    a = select(scores, pool, SelectionConfig(budgets=[2]), "gdig", 2, tmp_path / "a", plots=False)
+    a = select(scores, pool, SelectionConfig(quality_rule="fraction", budgets=[2]), "gdig", 2, tmp_path / "a", plots=False)
     b = select(
         scores,
         pool,
-        SelectionConfig(budgets=[2, 50], methods=["gdig"]),
+        SelectionConfig(quality_rule="fraction", budgets=[2, 50], methods=["gdig"]),
         "gdig",
         2,
         tmp_path / "b",

@@ -52,21 +52,21 @@ def _ids(res) -> list[str]:
 
 
 def test_specs_from_strings_and_dicts_and_bad_names() -> None:
-    cfg = SelectionConfig(methods=["gdig", {"name": "gdig-paper", "method": "gdig", "tau": 1.0, "model": "reference"}])
+    cfg = SelectionConfig(quality_rule="fraction", methods=["gdig", {"name": "gdig-paper", "method": "gdig", "tau": 1.0, "model": "reference"}])
     assert [m.name for m in cfg.methods] == ["gdig", "gdig-paper"] and cfg.methods[1].tau == 1.0
     with pytest.raises(ValidationError, match="unique"):
-        SelectionConfig(methods=["gdig", {"name": "gdig", "method": "quality"}])
+        SelectionConfig(quality_rule="fraction", methods=["gdig", {"name": "gdig", "method": "quality"}])
     with pytest.raises(ValidationError):
-        SelectionConfig(methods=[{"name": "../escape", "method": "gdig"}])
+        SelectionConfig(quality_rule="fraction", methods=[{"name": "../escape", "method": "gdig"}])
     with pytest.raises(ValidationError, match="variant"):
         MethodSpec(name="x", method="gdig", variant="ekfac-l1")
     with pytest.raises(ValidationError, match="empty"):
-        SelectionConfig(methods=[])
+        SelectionConfig(quality_rule="fraction", methods=[])
 
 
 def test_nll_filter_keeps_the_lowest_nll(setting, tmp_path) -> None:
     scores, pool = setting
-    res = select(scores, pool, SelectionConfig(), "nll", 2, tmp_path / "n", plots=False, labels=LABELS)
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction"), "nll", 2, tmp_path / "n", plots=False, labels=LABELS)
     assert _ids(res) == ["c2", "c5"]  # the copy first: why NLL alone is a poor filter
     assert res.summary["noise"]["clean_share"] == 0.5
     assert res.summary["noise"]["auc"]["source_copy"] == 0.0
@@ -74,22 +74,22 @@ def test_nll_filter_keeps_the_lowest_nll(setting, tmp_path) -> None:
 
 def test_cheap_filters_reject_copies_and_wrong_language(setting, tmp_path) -> None:
     scores, pool = setting
-    res = select(scores, pool, SelectionConfig(), "cheap", 3, tmp_path / "c", plots=False, labels=LABELS)
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction"), "cheap", 3, tmp_path / "c", plots=False, labels=LABELS)
     assert set(_ids(res)) == {"c0", "c1", "c5"} and res.summary["noise"]["clean_share"] == 1.0
-    copy = select(scores, pool, SelectionConfig(), "copy", 5, tmp_path / "k", plots=False)
+    copy = select(scores, pool, SelectionConfig(quality_rule="fraction"), "copy", 5, tmp_path / "k", plots=False)
     assert "c2" not in _ids(copy)
-    ratio = select(scores, pool, SelectionConfig(), "length_ratio", 5, tmp_path / "l", plots=False)
+    ratio = select(scores, pool, SelectionConfig(quality_rule="fraction"), "length_ratio", 5, tmp_path / "l", plots=False)
     assert "c3" not in _ids(ratio)  # the truncated target has the worst length ratio
 
 
 def test_oracle_takes_only_clean_pairs_and_needs_labels(setting, tmp_path) -> None:
     scores, pool = setting
-    res = select(scores, pool, SelectionConfig(), "oracle", 3, tmp_path / "o", plots=False, labels=LABELS)
+    res = select(scores, pool, SelectionConfig(quality_rule="fraction"), "oracle", 3, tmp_path / "o", plots=False, labels=LABELS)
     assert sorted(_ids(res)) == ["c0", "c1", "c5"] and res.summary["noise"]["auc"]["all"] == 1.0
-    short = select(scores, pool, SelectionConfig(), "oracle", 5, tmp_path / "o5", plots=False, labels=LABELS)
+    short = select(scores, pool, SelectionConfig(quality_rule="fraction"), "oracle", 5, tmp_path / "o5", plots=False, labels=LABELS)
     assert short.size == 3 and short.shortfall is not None
     with pytest.raises(SelectionError, match="noise labels"):
-        select(scores, pool, SelectionConfig(), "oracle", 2, tmp_path / "x", plots=False)
+        select(scores, pool, SelectionConfig(quality_rule="fraction"), "oracle", 2, tmp_path / "x", plots=False)
 
 
 def test_prefilter_and_variant_change_what_quality_selects(setting, tmp_path) -> None:
@@ -110,7 +110,7 @@ def test_prefilter_and_variant_change_what_quality_selects(setting, tmp_path) ->
 
 def test_spec_overrides_apply_to_one_method_only(setting, tmp_path) -> None:
     scores, pool = setting
-    cfg = SelectionConfig(tau=0.5, shortfall="take_all")
+    cfg = SelectionConfig(quality_rule="fraction", tau=0.5, shortfall="take_all")
     strict = select(scores, pool, cfg, MethodSpec(name="strict", method="quality", tau=1.0), 6, tmp_path / "s",
                     plots=False)
     loose = select(scores, pool, cfg, "quality", 6, tmp_path / "l", plots=False)

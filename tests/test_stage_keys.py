@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from gdig_core.config import GdigConfig
+from gdig_core.config import GdigConfig, PinnedStage
 from tasks import stage_cache
 from tasks.stage_keys import STAGES, key_parts, stage_calls
 
@@ -33,8 +33,9 @@ EXPECTED: dict[str, list[str]] = {
     "base-model": ["model.tiny.*"],
     "reference": [*_PROMPT, *_MODEL_ALL, "reference.sample", "reference.train.seed",
                   *[f"reference.train.{f}" for f in _TRAIN]],
-    # With the gradient store on, the same passes fit the factors of projected gradients too.
-    "curvature": [*_PROMPT, *_MODEL_LOAD, "curvature.*", "scoring.store.enabled"],
+    # The score variants decide which statistics passes the preconditioners they need take;
+    # with the gradient store on, the same passes fit the factors of projected gradients too.
+    "curvature": [*_PROMPT, *_MODEL_LOAD, "curvature.*", "scoring.variants", "scoring.store.enabled"],
     # precondition_seeds reads scoring.autocast (the hand-kept key had left it out) and the
     # tracked modules; the curvature method and damping reach it through the factors file.
     # curvature.method and scoring.variants decide which preconditioners are applied.
@@ -59,7 +60,7 @@ EXPECTED: dict[str, list[str]] = {
     # Which methods and budgets are listed does not change what one (method, budget) selects.
     # The target language feeds the text filters (language id, length ratio).
     "selection": ["data.tgt_lang", "selection.quality_rule", "selection.tau", "selection.min_mean", "selection.top_k",
-                  "selection.n_clusters", "selection.cluster_size_hint", "selection.kmeans_algorithm",
+                  "selection.top_k_per_budget", "selection.n_clusters", "selection.cluster_size_hint", "selection.kmeans_algorithm",
                   "selection.kmeans_max_iter", "selection.shortfall", "selection.seed"],
     # The finetune seed comes from finetune.seeds (the key of seed 0 is computed here).
     "finetune": [*_PROMPT, *_MODEL_ALL, *[f"finetune.train.{f}" for f in _TRAIN]],
@@ -81,8 +82,9 @@ REPORT_ONLY = ["name", "scoring.models", "data.data_dir", "model.device", "model
             "evaluation.enabled", "evaluation.zero_shot", "orchestration.*",
             # Pins replace stages by their outputs, whose hashes are the next stages' inputs.
             "pin.*"]
-#: Fields that cannot change alone (scoring.path 'store' needs the store): tested on their own.
-JOINT = ["scoring.path"]
+#: Fields that cannot change alone (scoring.path 'store' needs the store; pin.reference needs
+#: reference.enabled, off by default): tested on their own.
+JOINT = ["scoring.path", "pin.reference"]
 
 
 def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -97,8 +99,7 @@ def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[str, .
 
 
 #: Fields whose values are names from a fixed set: another valid value, by hand.
-_OTHER_VALUE = {"scoring.variants": [["identity-cosine"]], "scoring.models": [["reference", "base"]],
-                "pin.reference": [{"dir": "elsewhere", "hash": "h"}],
+_OTHER_VALUE = {"scoring.variants": [["kfac-raw"]], "scoring.models": [["reference", "base"]],
                 "pin.factors": [{"reference": {"dir": "elsewhere", "hash": "h"}}]}
 
 
@@ -297,3 +298,14 @@ def test_core_calls_must_be_method_functions() -> None:
 
     with pytest.raises(ValueError, match="gdig_core functions only"):
         CoreCall(publish_outputs)
+
+
+def test_a_reference_pin_changes_no_stage_key_but_the_reports() -> None:
+    """A pin replaces the reference stage by its output; the output's hash, not the pin's
+    setting, is what later stages key on."""
+    unpinned = GdigConfig()
+    unpinned.reference.enabled = True
+    pinned = unpinned.model_copy(deep=True)
+    pinned.pin.reference = PinnedStage(dir="elsewhere", hash="h")
+    before, after = _keys(unpinned), _keys(pinned)
+    assert {s for s in before if before[s] != after[s]} <= {"report"}
