@@ -88,11 +88,9 @@ def scoring_models(cfg: GdigConfig, base: Model, reference: Model) -> dict[str, 
 
 def _plan(cfg: GdigConfig) -> list[tuple[MethodSpec, int]]:
     """(method, budget) pairs; a ``full`` method ignores the budget, so it runs once."""
-    out: list[tuple[MethodSpec, int]] = []
-    for spec in cfg.selection.methods:
-        for budget in [max(cfg.selection.budgets)] if spec.method == "full" else cfg.selection.budgets:
-            out.append((spec, budget))
-    return out
+    from gdig_core.selection import selection_plan
+
+    return selection_plan(cfg.selection)
 
 
 @flow(name="selection", persist_result=False)

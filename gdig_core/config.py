@@ -288,17 +288,6 @@ class ScoringConfig(Section):
         return value
 
 
-#: Selection methods (see gdig_core.selection): influence-based, baselines, cheap filters, oracle.
-METHOD_KINDS = (
-    "gdig", "quality", "diversity", "random", "full",
-    "nll", "length_ratio", "copy", "language_id", "cheap", "oracle",
-)
-MethodKind = Literal[
-    "gdig", "quality", "diversity", "random", "full",
-    "nll", "length_ratio", "copy", "language_id", "cheap", "oracle",
-]
-
-
 class MethodSpec(Section):
     """One selection method as the pipeline runs it: a built-in kind with optional overrides.
 
@@ -307,7 +296,10 @@ class MethodSpec(Section):
     """
 
     name: SafeName
-    method: MethodKind
+    #: A method registered in gdig_core.selection.registry (gdig, quality, diversity, random,
+    #: full, nll, length_ratio, copy, language_id, cheap, oracle, or one a project adds); checked
+    #: by the preflight and by the selection itself, so that this module stays free of them.
+    method: SafeName
     #: Score variant for the influence methods (gdig, quality); None: the primary variant.
     variant: str | None = None
     #: Scoring model for influence and NLL methods; None: the first of scoring.models.

@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gdig_core.scores import read_scores
-from gdig_core.selection import METHODS
+from gdig_core.selection import method_names, selection_dirs
+from gdig_core.selection.plan import ordinal
 
 DEFAULT_SCORES = "scores/*.parquet"
 DEFAULT_POOL = "data/pool.parquet"
@@ -141,25 +142,9 @@ def _seed_effects(scores: Any, row: int, top_n: int) -> tuple[list[SeedEffect], 
 
 
 def _selection_dirs(root: Path, method: str | None, budget: int | None) -> list[tuple[str, int | None, Path]]:
-    found = []
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    for m in names:  # selection directories are named after their methods (MethodSpec.name)
-        if method is not None and m != method:
-            continue
-        for d in sorted((root / m).glob("*")):
-            if not (d / "candidates.parquet").exists():
-                continue
-            b = int(d.name[1:]) if d.name.startswith("b") and d.name[1:].isdigit() else None
-            if budget is not None and b is not None and b != budget:
-                continue
-            found.append((m, b, d))
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(method_names())}
+    found = selection_dirs(root, method, budget)
     return sorted(found, key=lambda x: (order.get(x[0], len(order)), x[0], x[1] or 0))
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def _not_selected_reason(
@@ -186,7 +171,7 @@ def _not_selected_reason(
         )
         return (
             f"in the quality set (rank {c['quality_rank']} of {q.get('size')}), cluster {c['cluster']} where it "
-            f"ranks {_ordinal(c['cluster_rank'])} by mean benefit; the budget {budget} was filled after "
+            f"ranks {ordinal(c['cluster_rank'])} by mean benefit; the budget {budget} was filled after "
             f"{passes} round-robin passes over {clu.get('k_used')} clusters: {turn}"
         )
     if method == "quality":
@@ -196,7 +181,7 @@ def _not_selected_reason(
     if method == "diversity":
         passes = clu.get("round_robin_passes", 0)
         return (
-            f"cluster {c['cluster']}, {_ordinal(c['cluster_rank'])} closest to its centroid (distance "
+            f"cluster {c['cluster']}, {ordinal(c['cluster_rank'])} closest to its centroid (distance "
             f"{c['distance']:.4g}); the budget {budget} was filled after {passes} round-robin passes "
             f"over {clu.get('k_used')} clusters"
         )

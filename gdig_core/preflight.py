@@ -39,8 +39,12 @@ def _language_problems(cfg: GdigConfig, key: str, codes: dict[str, str | None]) 
 def preflight_problems(cfg: GdigConfig) -> list[str]:
     """Every problem found, each starting with its key path (empty when the run can start)."""
     from gdig_core.data import DataError, read_dataset
+    from gdig_core.selection import method_names
 
-    problems = _language_problems(cfg, "data", {"src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang})
+    known = method_names()
+    problems = [f"selection.methods.{i} ({m.name}).method: unknown selection method {m.method!r}; "
+                f"expected one of {', '.join(known)}" for i, m in enumerate(cfg.selection.methods) if m.method not in known]
+    problems += _language_problems(cfg, "data", {"src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang})
     for role in ("pool", "seed"):
         spec: DatasetSpec = getattr(cfg.data, role)
         problems += _missing_files(cfg, f"data.{role}", spec)

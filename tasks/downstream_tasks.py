@@ -9,6 +9,7 @@ from typing import Any
 from prefect import task
 
 from gdig_core.config import GdigConfig, MethodSpec
+from gdig_core.selection.layout import selection_subdir
 from tasks import artifacts
 from tasks.common import gpu_slot, raw_file_hashes, stage_state
 from tasks.data_tasks import TASK_OPTS, pool_hash
@@ -21,7 +22,7 @@ _SELECTION_KEYS = ("method", "kind", "model", "budget", "size")
 
 
 def selection_label(method: str, budget: int, kind: str | None = None) -> str:
-    return f"selection/{method}/" + ("all" if (kind or method) == "full" else f"b{budget}")
+    return "selection/" + selection_subdir(method, budget, kind)
 
 
 def noise_labels(data: StageOutput) -> dict[str, str] | None:

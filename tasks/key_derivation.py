@@ -59,7 +59,8 @@ class ModuleInfo:
 
 
 def module_file(module: str) -> Path:
-    return PROJECT_ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    path = PROJECT_ROOT.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def _in_project(module: str) -> bool:

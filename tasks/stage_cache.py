@@ -70,7 +70,7 @@ def _cached_fingerprint(path: Path) -> str:
         return _FILE_FINGERPRINTS[key]
 
 
-for _module in sorted((PROJECT_ROOT / "gdig_core").glob("*.py")):
+for _module in sorted((PROJECT_ROOT / "gdig_core").rglob("*.py")):
     _cached_fingerprint(_module)
 
 

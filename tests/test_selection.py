@@ -297,41 +297,20 @@ def test_run_selection_layout(known, tmp_path):
     assert {(e["method"], e["dir"]) for e in index} >= {("gdig", "gdig/b1"), ("full", "full/all")}
 
 
-def test_select_from_files_and_rewrite(known, tmp_path):
-    from gdig_core.selection import select_from_files
+def test_select_from_shards_and_rewrite(known, tmp_path):
+    from gdig_core.data import read_pairs
+    from gdig_core.scores import read_scores
 
-    scores, _ = known
     out = tmp_path / "sel"
-    a = select_from_files(
-        tmp_path / "scores" / "*.parquet",
-        tmp_path / "data" / "pool.parquet",
-        SelectionConfig(quality_rule="fraction"),
-        "gdig",
-        2,
-        out,
-    )
+    pool = read_pairs(tmp_path / "data" / "pool.parquet")
+    a = select(read_scores(sorted((tmp_path / "scores").glob("*.parquet"))), pool,
+               SelectionConfig(quality_rule="fraction"), "gdig", 2, out)
     assert (out / "clusters.png").exists()
-    b = select_from_files(
-        tmp_path / "scores",
-        tmp_path / "data" / "pool.parquet",
-        SelectionConfig(quality_rule="fraction"),
-        "gdig",
-        2,
-        out,
-        plots=False,
-    )
+    b = select(read_scores(sorted((tmp_path / "scores").glob("*.parquet"))), pool,
+               SelectionConfig(quality_rule="fraction"), "gdig", 2, out, plots=False)
     assert a.ids == b.ids == ["c0001", "c0005"]  # c0 shares c1's cluster; c5 is alone
     assert not (out / "clusters.png").exists()  # a rewrite leaves no stale file behind
     assert sorted(p.name for p in out.iterdir()) == json.loads((out / "summary.json").read_text())["files"]
-    with pytest.raises(SelectionError, match="no score shards"):
-        select_from_files(
-            tmp_path / "nothing" / "*.parquet",
-            tmp_path / "data" / "pool.parquet",
-            SelectionConfig(quality_rule="fraction"),
-            "gdig",
-            2,
-            out,
-        )
 
 
 def test_outputs_independent_of_other_budgets(known, tmp_path):

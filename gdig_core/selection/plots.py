@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -19,10 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from gdig_core.io import atomic_path  # noqa: E402
-
-if TYPE_CHECKING:
-    from gdig_core.scores import ScoreTable
-    from gdig_core.selection import QualityResult
+from gdig_core.selection.layout import CLUSTERS, SCORE_HIST  # noqa: E402
 
 # No date or version in the PNG metadata, so equal inputs give equal bytes.
 _PNG_META = {"Software": None}
@@ -35,16 +32,18 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def score_histogram(path: Path, scores: ScoreTable, q: QualityResult, picked: np.ndarray, title: str) -> Path:
+def score_histogram(
+    path: Path, pool_vals: np.ndarray, quality_vals: np.ndarray, selected_vals: np.ndarray, title: str
+) -> Path:
+    """Mean benefits of the eligible pool, the quality set and the selection (plain arrays)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    pool_vals = scores.benefit_mean[q.eligible]
     if len(pool_vals):
         lo, hi = float(np.min(pool_vals)), float(np.max(pool_vals))
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 51)
         groups = [
             ("eligible pool", pool_vals),
-            ("quality set", scores.benefit_mean[q.order]),
-            ("selected", scores.benefit_mean[picked]),
+            ("quality set", quality_vals),
+            ("selected", selected_vals),
         ]
         for label, vals in groups:
             if len(vals):
@@ -84,11 +83,16 @@ def cluster_histogram(path: Path, clustering: dict[str, Any], title: str) -> Pat
 
 
 def write_plots(
-    out_dir: Path, scores: ScoreTable, q: QualityResult, picked: np.ndarray, summary: dict[str, Any]
+    out_dir: Path,
+    pool_vals: np.ndarray,
+    quality_vals: np.ndarray,
+    selected_vals: np.ndarray,
+    summary: dict[str, Any],
 ) -> dict[str, Path]:
-    """Write the plots of one selection; returns {name: path}."""
+    """Write the plots of one selection from the mean benefits of the eligible pool, the quality
+    set and the selection, and its summary; returns {name: path}."""
     title = f"{summary['method']}, budget {summary['budget']}: {summary['size']} selected"
-    files = {"score_hist": score_histogram(out_dir / "score_hist.png", scores, q, picked, title)}
+    files = {"score_hist": score_histogram(out_dir / SCORE_HIST, pool_vals, quality_vals, selected_vals, title)}
     if summary.get("clustering"):
-        files["clusters"] = cluster_histogram(out_dir / "clusters.png", summary["clustering"], title)
+        files["clusters"] = cluster_histogram(out_dir / CLUSTERS, summary["clustering"], title)
     return files
