@@ -9,8 +9,9 @@ Files read, each path relative to ``run_dir`` unless absolute (all are parameter
 - ``data/pool.parquet``: the pool pairs (``id, src_lang, tgt_lang, src, tgt``), for its text.
 - ``data/seed.parquet``: the seed pairs, for the text of the seeds it helps and harms.
 - ``selection/<method>/b<budget>/`` (``selection/full/all/`` for the full pool), as written by
-  :func:`gdig_core.selection.select`: ``candidates.parquet`` (status, ranks, cluster of every
-  candidate), ``selected.parquet`` (the reason of each selected row) and ``summary.json``.
+  :func:`gdig_core.selection.select`: ``candidates.parquet`` (status, ranks, cluster and the
+  method's reason for every candidate) and ``summary.json`` (budget, cluster sizes). Reasons are
+  read as the method wrote them, never rebuilt here.
 
 When ``<run_dir>/outputs.json`` exists (the pipeline writes it) and a path is not given, its
 ``scores`` entry (the shard directory) and ``data`` entry (holding ``pool.parquet`` and
@@ -35,12 +36,12 @@ import pyarrow.parquet as pq
 
 from gdig_core.scores import read_scores
 from gdig_core.selection import method_names, selection_dirs
-from gdig_core.selection.plan import ordinal
+from gdig_core.selection.layout import CANDIDATES, ROOT, SUMMARY
 
 DEFAULT_SCORES = "scores/*.parquet"
 DEFAULT_POOL = "data/pool.parquet"
 DEFAULT_SEED = "data/seed.parquet"
-DEFAULT_SELECTION = "selection"
+DEFAULT_SELECTION = ROOT
 
 
 class ExplainError(LookupError):
@@ -147,54 +148,10 @@ def _selection_dirs(root: Path, method: str | None, budget: int | None) -> list[
     return sorted(found, key=lambda x: (order.get(x[0], len(order)), x[0], x[1] or 0))
 
 
-def _not_selected_reason(
-    method: str, c: dict[str, Any], summary: dict[str, Any], bad_reason: str | None
-) -> str:
-    status = c["status"]
-    q = summary.get("quality", {})
-    budget = summary.get("budget")
-    if status == "bad":
-        return f"excluded before selection: {bad_reason or 'non-finite score or feature'}"
-    if status == "below_quality":
-        frac = c["frac_pos"]
-        return (
-            f"not in the quality set ({q.get('size')} candidates; rule: {q.get('description')}): "
-            f"it benefits {frac:.0%} of the seeds, mean benefit {c['score']:.4g}"
-        )
-    clu = summary.get("clustering") or {}
-    if method == "gdig":
-        passes = clu.get("round_robin_passes", 0)
-        turn = (
-            "its pass came, but the budget ran out before its cluster's turn"
-            if c["cluster_rank"] == passes
-            else f"its turn would have been pass {c['cluster_rank']}"
-        )
-        return (
-            f"in the quality set (rank {c['quality_rank']} of {q.get('size')}), cluster {c['cluster']} where it "
-            f"ranks {ordinal(c['cluster_rank'])} by mean benefit; the budget {budget} was filled after "
-            f"{passes} round-robin passes over {clu.get('k_used')} clusters: {turn}"
-        )
-    if method == "quality":
-        return (
-            f"quality rank {c['quality_rank']} of {q.get('size')} by mean benefit, beyond the budget {budget}"
-        )
-    if method == "diversity":
-        passes = clu.get("round_robin_passes", 0)
-        return (
-            f"cluster {c['cluster']}, {ordinal(c['cluster_rank'])} closest to its centroid (distance "
-            f"{c['distance']:.4g}); the budget {budget} was filled after {passes} round-robin passes "
-            f"over {clu.get('k_used')} clusters"
-        )
-    if method == "random":
-        seed = summary.get("config", {}).get("seed")
-        return f"not drawn: {summary.get('size')} of {summary['pool']['n_eligible']} eligible drawn with seed {seed}"
-    return f"not selected ({status})"
-
-
-def _decision(method: str, budget: int | None, d: Path, cid: str, bad_reason: str | None) -> Decision:
-    summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
+def _decision(method: str, budget: int | None, d: Path, cid: str) -> Decision:
+    summary = json.loads((d / SUMMARY).read_text(encoding="utf-8"))
     budget = summary.get("budget", budget)
-    rows = pq.read_table(d / "candidates.parquet", filters=[("id", "=", cid)]).to_pylist()
+    rows = pq.read_table(d / CANDIDATES, filters=[("id", "=", cid)]).to_pylist()
     if not rows:
         return Decision(
             method,
@@ -213,11 +170,8 @@ def _decision(method: str, budget: int | None, d: Path, cid: str, bad_reason: st
     sizes = (summary.get("clustering") or {}).get("cluster_sizes") or []
     csize = sizes[c["cluster"]] if c["cluster"] is not None and c["cluster"] < len(sizes) else None
     selected = c["status"] in ("selected", "top_up")
-    if selected:
-        sel = pq.read_table(d / "selected.parquet", columns=["id", "reason"], filters=[("id", "=", cid)])
-        reason = sel.column("reason")[0].as_py() if sel.num_rows else c["status"]
-    else:
-        reason = _not_selected_reason(method, c, summary, bad_reason)
+    # The method wrote every candidate's reason; a selection from before it did has none.
+    reason = c.get("reason") or f"{c['status']} (no reason recorded in {CANDIDATES})"
     return Decision(
         method,
         budget,
@@ -235,7 +189,7 @@ def _decision(method: str, budget: int | None, d: Path, cid: str, bad_reason: st
 def _percentile(dirs: list[tuple[str, int | None, Path]], value: float | None) -> float | None:
     if value is None or not dirs:
         return None
-    t = pq.read_table(dirs[0][2] / "candidates.parquet", columns=["status", "score"])
+    t = pq.read_table(dirs[0][2] / CANDIDATES, columns=["status", "score"])
     keep = pc.not_equal(t.column("status").cast(pa.string()), "bad")
     vals = t.column("score").filter(keep).to_numpy(zero_copy_only=False)
     return float((vals <= value).mean()) if len(vals) else None
@@ -314,7 +268,7 @@ def explain_candidate(
         percentile=_percentile(dirs, mean) if ok else None,
         helped=helped,
         harmed=harmed,
-        decisions=[_decision(m, b, d, cid, bad_reason) for m, b, d in dirs],
+        decisions=[_decision(m, b, d, cid) for m, b, d in dirs],
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from gdig_core.integrity import hashing_stats
 from gdig_core.io import atomic_write_json
 from gdig_core.names import inside
+from gdig_core.selection.layout import ROOT, selection_subdir
 from tasks.records import record
 from tasks.stage_cache import StageOutput
 
@@ -33,7 +34,7 @@ def publish_outputs(
     selected: dict[str, str] = {}
     for sel in selections:
         m, b = sel.summary["method"], sel.summary["budget"]
-        sub = inside(root, "selection", m, "all" if sel.summary.get("kind", m) == "full" else f"b{b}")
+        sub = inside(root, ROOT, *selection_subdir(m, b, sel.summary.get("kind")).split("/"))
         sub.parent.mkdir(parents=True, exist_ok=True)
         _mirror(Path(sel.dir), sub)
         selected[f"{m}/{sub.name}"] = str(sub / "selected.jsonl")

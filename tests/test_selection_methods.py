@@ -117,3 +117,21 @@ def test_spec_overrides_apply_to_one_method_only(setting, tmp_path) -> None:
     assert strict.size == 4 and loose.size == 5  # tau 1.0 drops c3 (harms a seed) and c4
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["method"] == "strict" and summary["kind"] == "quality" and summary["config"]["tau"] == 1.0
+
+
+def test_every_method_writes_a_reason_for_every_candidate(setting, tmp_path) -> None:
+    """Explanations are written, not rebuilt: each method words every row of candidates.parquet."""
+    import pyarrow.parquet as pq
+
+    from gdig_core.selection import method_names
+
+    scores, pool = setting
+    cfg = SelectionConfig(quality_rule="topk", top_k=3, n_clusters=2)
+    for kind in method_names():
+        spec = MethodSpec(name=kind, method=kind, prefilter=["copy"] if kind == "quality" else [])
+        select(scores, pool, cfg, spec, 2, tmp_path / kind, plots=False, labels=LABELS, tgt_lang="en")
+        rows = pq.read_table(tmp_path / kind / "candidates.parquet").to_pylist()
+        assert len(rows) == 6 and all(r["reason"] for r in rows), kind
+        assert all(r["reason"] != "not selected" for r in rows), (kind, rows)
+        if kind == "quality":  # the copy is dropped by the pre-filter, and says so
+            assert next(r for r in rows if r["id"] == "c2")["reason"].endswith("rejected by the copy pre-filter")

@@ -79,10 +79,12 @@ def prefiltered(q: QualityResult, spec: MethodSpec, ctx: PairContext) -> Quality
 
     excluded = dict(q.excluded)
     eligible = q.eligible.copy()
+    exclusion = q.exclusion.copy() if q.exclusion is not None else np.full(len(eligible), "", dtype=object)
     for name in spec.prefilter:
         bad = rejected(name, ctx.text_score(name)) & eligible
         excluded[f"prefilter_{name}"] = int(bad.sum())
+        exclusion[bad] = f"rejected by the {name} pre-filter"
         eligible &= ~bad
     keep = eligible[q.order]
     return QualityResult(eligible, q.mask & eligible, q.order[keep], excluded, q.rule + " after pre-filters "
-                         + "+".join(spec.prefilter))
+                         + "+".join(spec.prefilter), exclusion)

@@ -66,6 +66,8 @@ def _quality(inp: MethodInput) -> Plan:
     plan.status[picked] = SELECTED
     top_up(scores, q, inp.cfg, budget, plan, inp.tie)
     plan.score = scores.benefit_mean
+    plan.explain(q.order[budget:], [f"quality rank {r} of {n_q} by mean benefit, beyond the budget {budget}"
+                                    for r in range(budget + 1, n_q + 1)])
     return plan
 
 
@@ -136,6 +138,21 @@ def _clustered(inp: MethodInput, influence: bool) -> Plan:
         plan.score = scores.benefit_mean
     elif budget > len(members):
         plan.shortfall = all_eligible_shortfall(budget, len(members))
+    rest = np.flatnonzero(plan.status == NOT_REACHED)
+    filled = f"the budget {budget} was filled after {passes} round-robin passes over {cl.k_used} clusters"
+    if influence:
+        plan.explain(rest, [
+            f"in the quality set (rank {qrank[i]} of {len(members)}), cluster {cluster[i]} where it ranks "
+            f"{ordinal(int(crank[i]))} by mean benefit; {filled}: "
+            + ("its pass came, but the budget ran out before its cluster's turn" if crank[i] == passes
+               else f"its turn would have been pass {crank[i]}")
+            for i in rest
+        ])
+    else:
+        plan.explain(rest, [
+            f"cluster {cluster[i]}, {ordinal(int(crank[i]))} closest to its centroid (distance {dist[i]:.4g}); {filled}"
+            for i in rest
+        ])
     return plan
 
 
@@ -156,6 +173,8 @@ def _random_plan(q: QualityResult, seed: int, budget: int, tie: np.ndarray) -> P
     ]
     plan = Plan(picked.astype(np.int64), reasons, status_base(q, False))
     plan.status[picked] = SELECTED
+    plan.explain(np.flatnonzero(plan.status == NOT_REACHED),
+                 f"not drawn: {take} of {len(elig)} eligible drawn with seed {seed}")
     if budget > len(elig):
         plan.shortfall = all_eligible_shortfall(budget, len(elig))
     return plan
@@ -198,6 +217,10 @@ def _oracle(inp: MethodInput) -> Plan:
     plan = _random_plan(only_clean, inp.cfg.seed, inp.budget, inp.tie)
     plan.status[q.eligible & ~clean] = NOT_REACHED
     plan.status[~q.eligible] = BAD
+    plan.explain(np.flatnonzero(q.eligible & ~clean), "not a clean pair: the oracle draws from clean pairs only")
+    plan.explain(np.flatnonzero(only_clean.eligible & (plan.status == NOT_REACHED)),
+                 f"not drawn: {len(plan.picked)} of {int(only_clean.eligible.sum())} clean eligible pairs drawn "
+                 f"with seed {inp.cfg.seed}")
     plan.reasons = [r.replace("random:", "oracle (clean pairs only):") for r in plan.reasons]
     plan.score = clean.astype(np.float64)
     return plan

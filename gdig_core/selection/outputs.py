@@ -20,7 +20,7 @@ from gdig_core.config import MethodSpec, SelectionConfig
 from gdig_core.io import atomic_path
 from gdig_core.selection.context import pool_rows
 from gdig_core.selection.layout import STATUSES
-from gdig_core.selection.plan import Plan
+from gdig_core.selection.plan import Plan, row_reasons
 from gdig_core.selection.quality import CHUNK_ROWS, QualityResult
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def selected_table(scores: ScoreTable, pool: pa.Table, plan: Plan) -> pa.Table:
     return table.append_column("reason", pa.array(plan.reasons, type=pa.string()))
 
 
-def candidates_table(scores: ScoreTable, plan: Plan) -> pa.Table:
+def candidates_table(scores: ScoreTable, plan: Plan, q: QualityResult) -> pa.Table:
     n = len(scores.ids)
     rank = np.zeros(n, dtype=np.int64)
     rank[plan.picked] = np.arange(1, len(plan.picked) + 1)
@@ -64,6 +64,7 @@ def candidates_table(scores: ScoreTable, plan: Plan) -> pa.Table:
             "cluster": pa.array(cluster, type=pa.int32(), mask=cluster < 0),
             "cluster_rank": opt_int(plan.cluster_rank, pa.int64()),
             "distance": pa.array(dist, type=pa.float32(), from_pandas=True),
+            "reason": pa.array(row_reasons(plan, scores, q), type=pa.string()),
         }
     )
 

@@ -46,6 +46,19 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
     #: The method's ranking score per candidate (higher = better), None when it has none (random).
     score: np.ndarray | None = None
+    #: object [N]: why each candidate was not picked, as the method words it (None where the
+    #: method leaves it to :func:`row_reasons`: exclusions and the quality set).
+    why: np.ndarray | None = None
+
+    def explain(self, rows: np.ndarray, texts: list[str] | str) -> None:
+        """Record the reason of ``rows`` (not picked): one text each, or one for all."""
+        if self.why is None:
+            self.why = np.full(len(self.status), None, dtype=object)
+        if isinstance(texts, str):
+            self.why[rows] = texts
+        else:
+            for i, text in zip(rows, texts, strict=True):
+                self.why[i] = text
 
 
 @dataclass
@@ -64,6 +77,27 @@ class MethodInput:
 def ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
+
+def row_reasons(plan: Plan, scores: ScoreTable, q: QualityResult) -> np.ndarray:
+    """The reason of every candidate (object [N]), as ``candidates.parquet`` records it: the pick
+    reason of each picked row, the method's own for the rows it explained, and the shared ones for
+    rows excluded before selection or left out of the quality set."""
+    why = plan.why.copy() if plan.why is not None else np.full(len(plan.status), None, dtype=object)
+    for i, text in zip(plan.picked, plan.reasons, strict=True):
+        why[i] = text
+    for i in np.flatnonzero(plan.status == BAD):
+        excl = q.exclusion[i] if q.exclusion is not None else ""
+        why[i] = f"excluded before selection: {excl or 'non-finite score or feature'}"
+    n_q = len(q.order)
+    for i in np.flatnonzero((plan.status == BELOW_QUALITY) & (why == None)):  # noqa: E711
+        why[i] = (
+            f"not in the quality set ({n_q} candidates; rule: {q.rule}): it benefits "
+            f"{scores.benefit_frac_pos[i]:.0%} of the seeds, mean benefit {scores.benefit_mean[i]:.4g}"
+        )
+    for i in np.flatnonzero(why == None):  # noqa: E711
+        why[i] = "not selected"  # a method that words none of its rows
+    return why
 
 
 def status_base(q: QualityResult, use_quality: bool) -> np.ndarray:
@@ -166,6 +200,10 @@ def ranked_plan(
     reasons = [f"{what}: rank {r} of {len(order)} (score {value[i]:.4g})" for r, i in enumerate(picked, start=1)]
     plan = Plan(picked.astype(np.int64), reasons, status_base(q, False), score=value)
     plan.status[picked] = SELECTED
+    rest = order[budget:]
+    plan.explain(rest, [f"{what}: rank {r} of {len(order)} (score {value[i]:.4g}), beyond the budget {budget}"
+                        for r, i in enumerate(rest, start=budget + 1)])
+    plan.explain(np.flatnonzero(q.eligible & ~np.isfinite(value)), f"{what}: no finite score")
     if budget > len(order):
         plan.shortfall = all_eligible_shortfall(budget, len(order))
     return plan

@@ -37,6 +37,8 @@ class QualityResult:
     order: np.ndarray  # int64 [|Q|]: quality-set indices, best first
     excluded: dict[str, int]  # reason -> count, for candidates that are not eligible
     rule: str  # human-readable rule
+    #: object [N]: why each candidate is not eligible ("" when it is); None: not recorded.
+    exclusion: np.ndarray | None = None
 
 
 def eligible_mask(scores: ScoreTable, need_features: bool = True) -> tuple[np.ndarray, dict[str, int]]:
@@ -127,4 +129,17 @@ def quality_rank(
     eligible, excluded = eligible_mask(scores)
     mask = quality_mask(scores, cfg, budget, eligible)
     order = rank_by_benefit(scores, np.flatnonzero(mask), tie)
-    return QualityResult(eligible, mask, order, excluded, describe_rule(cfg, budget))
+    return QualityResult(eligible, mask, order, excluded, describe_rule(cfg, budget), exclusion_reasons(scores, eligible))
+
+
+def exclusion_reasons(scores: ScoreTable, eligible: np.ndarray) -> np.ndarray:
+    """Why each candidate is not eligible, as counted by :func:`eligible_mask` ("" when it is)."""
+    out = np.full(len(eligible), "", dtype=object)
+    for i in np.flatnonzero(~eligible):
+        if not scores.ok[i]:
+            out[i] = str(scores.bad_reason[i] or "unknown")
+        elif np.isfinite(scores.benefit_mean[i]) and np.isfinite(scores.benefit_frac_pos[i]):
+            out[i] = "non_finite_feature"
+        else:
+            out[i] = "non_finite_score"
+    return out

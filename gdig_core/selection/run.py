@@ -158,7 +158,7 @@ def select(
     }
     write_parquet(files["selected_parquet"], selected)
     write_jsonl(files["selected_jsonl"], selected)
-    write_parquet(files["candidates"], candidates_table(scores, plan))
+    write_parquet(files["candidates"], candidates_table(scores, plan, q))
     if plots:
         from gdig_core.selection.plots import write_plots  # matplotlib only when plotting
 
