@@ -8,6 +8,7 @@ directory names are checked (``gdig_core.names``), and so is the prompt template
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -203,7 +204,8 @@ class CurvatureConfig(Section):
     #: identity (plain gradient similarity) by default: on Gemma-3-270M it ranked clean pairs above
     #: noisy ones better than EK-FAC and K-FAC (reports/evidence-*) and needs no curvature passes.
     #: ekfac is the paper's (and kronfluence's) choice.
-    method: Literal["ekfac", "kfac", "identity"] = "identity"
+    #: A strategy of gdig_core.preconditioners: ekfac, kfac, identity (or one a project registers).
+    method: str = "identity"
     fisher: Literal["true", "empirical"] = "empirical"
     #: Module name patterns (fnmatch) of the tracked nn.Linear layers, or a preset.
     modules: list[str] = Field(default_factory=lambda: ["*mlp.gate_proj", "*mlp.up_proj", "*mlp.down_proj"], min_length=1)
@@ -218,6 +220,15 @@ class CurvatureConfig(Section):
     sampling_seed: int = 0
     #: Mixed precision for the statistics passes ("bfloat16" on GPUs); statistics sums stay fp32.
     autocast: Literal["none", "bfloat16", "float16"] = "none"
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        # Looked up, not imported: checking a name computes nothing, so the strategies' code
+        # enters the cache keys of the stages that run it (tasks.key_derivation follows imports),
+        # not those of every stage that loads a config.
+        importlib.import_module("gdig_core.preconditioners").get(value)
+        return value
 
 
 class GradientStoreConfig(Section):

@@ -36,15 +36,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gdig_core import preconditioners
 from gdig_core.config import CurvatureConfig
 from gdig_core.features import GradientProjection
 from gdig_core.hooks import BatchContext, capture_batches, layer_shape
 from gdig_core.integrity import reading
 from gdig_core.io import atomic_path
+from gdig_core.preconditioners import SEP
 
 Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
 
-SEP = "::"
 N_EXAMPLES = "__n_examples"
 N_BAD = "__n_bad"
 #: Statistics of a layer's projected gradients are stored under this prefix + the layer name.
@@ -350,6 +351,11 @@ class Factors:
     #: are then the projected ones).
     projection: dict | None = None
 
+    @property
+    def has_eigenbasis(self) -> bool:
+        """False for a strategy without an eigendecomposition (identity: H = I, no tensors)."""
+        return preconditioners.get(self.method).requires_eigendecomposition
+
     def to(self, device: torch.device | str) -> Factors:
         """Move the tensors (in place, a no-op when already there) and return self."""
         for store in (self.q_a, self.q_g, self.inv_lambda):
@@ -371,7 +377,7 @@ class Factors:
 
     def precondition(self, name: str, grad: Tensor) -> Tensor:
         """``H^-1 grad`` for a stack of layer gradients ``grad`` [S, out, in] (same shape back)."""
-        if self.method == "identity":
+        if not self.has_eigenbasis:
             return grad
         return self.precondition_rotated(name, self.rotate(name, grad))
 
@@ -379,7 +385,7 @@ class Factors:
 def same_eigenbasis(a: Factors, b: Factors, name: str) -> bool:
     """Whether two factor sets rotate layer ``name`` the same way (EK-FAC and K-FAC from one fit,
     after :func:`share_eigenbases`)."""
-    if a.method == "identity" or b.method == "identity":
+    if not (a.has_eigenbasis and b.has_eigenbasis):
         return False
     # Identity of the tensors, not equality: share_eigenbases() made equal ones the same object
     # once, instead of comparing [in, in] matrices at every batch.
@@ -392,7 +398,7 @@ def precondition_many(factors: dict[str, Factors], name: str, grad: Tensor) -> d
     out: dict[str, Tensor] = {}
     rotated: list[tuple[Factors, Tensor]] = []
     for key, f in factors.items():
-        if f.method == "identity":
+        if not f.has_eigenbasis:
             out[key] = grad
             continue
         shared = next((r for g, r in rotated if same_eigenbasis(f, g, name)), None)
@@ -420,21 +426,16 @@ def finalize_factors(
     """
     modules = list(modules)
     cfg = cfg if method is None else cfg.model_copy(update={"method": method})
-    if cfg.method == "identity":
-        return Factors(method="identity", modules=modules)
+    strategy = preconditioners.get(cfg.method)
+    if not strategy.requires_eigendecomposition:
+        return Factors(method=cfg.method, modules=modules)
     if eigen is None:
         raise ValueError(f"method {cfg.method!r} needs the eigendecomposition")
-    if cfg.method == "ekfac" and lam_stats is None:
-        raise ValueError("method 'ekfac' needs lambda statistics (the second pass)")
+    if strategy.requires_lambda and lam_stats is None:
+        raise ValueError(f"method {cfg.method!r} needs lambda statistics (the second pass)")
     factors = Factors(method=cfg.method, modules=modules)
     for name in modules:
-        if cfg.method == "ekfac":
-            count = int(lam_stats[f"{name}{SEP}L_count"].sum())
-            if count == 0:
-                raise ValueError(f"{name}: no examples were used to fit Lambda")
-            lam = lam_stats[f"{name}{SEP}L_sum"].double() / count
-        else:
-            lam = torch.outer(eigen[f"{name}{SEP}eG"].double(), eigen[f"{name}{SEP}eA"].double())
+        lam = strategy.eigenvalues(name, eigen, lam_stats)  # [out, in], fp64
         damping = (
             cfg.damping_factor * float(lam.mean()) if cfg.damping_mode == "relative" else cfg.damping_factor
         )
@@ -507,12 +508,7 @@ def fit_factors(
     cfg: CurvatureConfig,
 ) -> Factors:
     """Convenience for one process: both passes over ``batches_fn()`` (called once per pass)."""
-    modules = list(tracked)
-    if cfg.method == "identity":
-        return finalize_factors(cfg, modules)
-    eigen = eigendecompose(covariance_stats(model, batches_fn(), tracked, cfg), cfg)
-    lam = lambda_stats(model, batches_fn(), tracked, eigen, cfg) if cfg.method == "ekfac" else None
-    return finalize_factors(cfg, modules, eigen, lam)
+    return fit_factor_set(model, batches_fn, tracked, cfg, [cfg.method])[cfg.method]
 
 
 def fit_factor_set(
@@ -526,9 +522,10 @@ def fit_factor_set(
     only when ``ekfac`` is among ``methods``); the factor sets share their eigenbases."""
     modules = list(tracked)
     eigen = lam = None
-    if any(m != "identity" for m in methods):
+    passes = preconditioners.required_passes(methods)
+    if passes.covariance:
         eigen = eigendecompose(covariance_stats(model, batches_fn(), tracked, cfg), cfg)
-    if "ekfac" in methods:
+    if passes.lam:
         lam = lambda_stats(model, batches_fn(), tracked, eigen, cfg)
     out = {m: finalize_factors(cfg, modules, eigen, lam, method=m) for m in methods}
     return share_eigenbases(out)
@@ -539,7 +536,7 @@ def share_eigenbases(factors: dict[str, Factors]) -> dict[str, Factors]:
     fit), so :func:`precondition_many` recognises the shared rotation without comparing."""
     seen: list[Factors] = []
     for f in factors.values():
-        if f.method == "identity":
+        if not f.has_eigenbasis:
             continue
         for g in seen:
             for name in f.modules:

@@ -4,7 +4,8 @@ The benefit ``b_s(z) = <H^-1 grad_s, grad_z>`` is linear in the preconditioned s
 several preconditioners can be scored at once by stacking their seed sets, and any per-seed or
 per-candidate rescaling can be applied afterwards. A variant is named ``<curvature>-<normalisation>``:
 
-- curvature ``ekfac``, ``kfac`` or ``identity`` (no preconditioner: plain gradient similarity).
+- curvature ``ekfac``, ``kfac`` or ``identity`` (no preconditioner: plain gradient similarity),
+  or any strategy registered in :mod:`gdig_core.preconditioners`.
   K-FAC reuses the EK-FAC eigenbases (its eigenvalues are the Kronecker products of the factors'
   eigenvalues), so one curvature fit serves both.
 - normalisation, applied to the captured loss gradients (``scoring.loss_normalisation``):
@@ -22,9 +23,9 @@ what changes.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
-CURVATURES = ("ekfac", "kfac", "identity")
 NORMALISATIONS = ("raw", "token", "cosine")
 
 
@@ -41,10 +42,13 @@ class Variant:
 def parse_variant(name: str) -> Variant:
     """``"ekfac-raw"`` -> Variant("ekfac", "raw"); ValueError naming the accepted forms."""
     curvature, sep, normalisation = str(name).partition("-")
-    if not sep or curvature not in CURVATURES or normalisation not in NORMALISATIONS:
+    # Looked up, not imported (as config.py's validators do): this module is imported by
+    # config.py, and naming a strategy runs none of its code.
+    curvatures = importlib.import_module("gdig_core.preconditioners").names()
+    if not sep or curvature not in curvatures or normalisation not in NORMALISATIONS:
         raise ValueError(
             f"unknown score variant {name!r}: expected <curvature>-<normalisation> with curvature in "
-            f"{'/'.join(CURVATURES)} and normalisation in {'/'.join(NORMALISATIONS)} (e.g. ekfac-raw)"
+            f"{'/'.join(curvatures)} and normalisation in {'/'.join(NORMALISATIONS)} (e.g. ekfac-raw)"
         )
     return Variant(curvature, normalisation)
 

@@ -77,10 +77,10 @@ def eigen_task(cfg: GdigConfig, stats_paths: list[Path], out_path: Path) -> dict
 
 def _curvature_passes(cfg: GdigConfig) -> tuple[bool, bool]:
     """(covariance pass, Lambda pass) that the configured score variants need."""
+    from gdig_core.preconditioners import required_passes
     from gdig_core.variants import curvature_methods, score_variants
 
-    methods = curvature_methods(score_variants(cfg.curvature.method, cfg.scoring.variants))
-    return any(m != "identity" for m in methods), "ekfac" in methods
+    return required_passes(curvature_methods(score_variants(cfg.curvature.method, cfg.scoring.variants)))
 
 
 @task(name="finalize-factors", **TASK_OPTS)
@@ -98,11 +98,12 @@ def finalize_task(
         save_factors,
     )
     from gdig_core.features import gradient_projection
+    from gdig_core.preconditioners import available
 
     modules = list(shapes)
     eigen = load_stats(eigen_path) if eigen_path is not None else None
     lam = merge_stats(lambda_paths) if lambda_paths else None
-    methods = ["identity"] + (["kfac"] if eigen is not None else []) + (["ekfac"] if lam is not None else [])
+    methods = available(eigen is not None, lam is not None)
     projection = gradient_projection(shapes, cfg.scoring.store) if cfg.scoring.store.enabled else None
     damping = {}
     for method in methods:

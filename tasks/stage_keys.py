@@ -188,6 +188,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         hooks,
         influence,
         models,
+        preconditioners,
         report,
         selection,
         training,
@@ -219,7 +220,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
     # The gradient store's projection: the curvature stage fits factors in its space as well.
     projection: StageCalls = {"projection": CoreCall(features.gradient_projection, cfg=store)}
     if stage == "curvature":
-        passes = [any(m != "identity" for m in methods), "ekfac" in methods]
+        passes = list(preconditioners.required_passes(methods))
         return _model_calls(cfg) | {
             "sample": CoreCall(data.sample_rows, sample=curv.sample, seed=curv.sampling_seed),
             "shards": Setting(shard_size=curv.shard_size, passes=passes),
