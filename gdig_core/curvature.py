@@ -28,7 +28,7 @@ passes the exact factors take anyway.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +39,10 @@ from torch import Tensor, nn
 from gdig_core import preconditioners
 from gdig_core.config import CurvatureConfig
 from gdig_core.features import GradientProjection
-from gdig_core.hooks import BatchContext, capture_batches, layer_shape
+from gdig_core.hooks import BatchContext, Batches, capture_batches, layer_shape
 from gdig_core.integrity import reading
 from gdig_core.io import atomic_path
 from gdig_core.preconditioners import SEP
-
-Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
 
 N_EXAMPLES = "__n_examples"
 N_BAD = "__n_bad"

@@ -480,17 +480,3 @@ def sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray:
     if sample is None or sample >= n_rows:
         return np.arange(n_rows)
     return np.sort(np.random.default_rng(seed).permutation(n_rows)[:sample])
-
-
-# Prompting and tokenisation live in gdig_core.encoding; re-exported here because callers think
-# of them as part of "the data layer".
-from gdig_core.encoding import (  # noqa: E402,F401
-    IGNORE_INDEX,
-    EncodedPair,
-    build_prompt,
-    collate,
-    encode_pairs,
-    iter_batches,
-    length_batches,
-    prompt_ids,
-)

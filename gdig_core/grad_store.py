@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 from gdig_core.config import ScoringConfig
 from gdig_core.curvature import autocast_dtype
 from gdig_core.features import GradientProjection, gradient_projection
-from gdig_core.hooks import BatchContext, capture_batches, layer_shape
+from gdig_core.hooks import BatchContext, Batches, capture_batches, layer_shape
 from gdig_core.influence import (
     CandidateFacts,
     CandidateRecorder,
@@ -56,8 +55,6 @@ from gdig_core.influence import (
 from gdig_core.io import atomic_path
 from gdig_core.scores import ScoreShardWriter
 from gdig_core.variants import Variant
-
-Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
 
 FORMAT_VERSION = "1"
 META_VERSION = b"gdig.grad_store"

@@ -27,6 +27,10 @@ from torch import Tensor, nn
 
 from gdig_core.config import CurvatureConfig
 
+#: What gdig_core.encoding.iter_batches yields and every statistics or scoring pass consumes:
+#: (ids, model inputs) per batch.
+Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
+
 #: Default tracked layers: every MLP projection (Llama, Gemma, Qwen names).
 MLP_PATTERNS: list[str] = ["*mlp.gate_proj", "*mlp.up_proj", "*mlp.down_proj"]
 #: The official G-DIG code tracks only the MLP output projection of every third block.
@@ -250,7 +254,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 def capture_batches(
     model: nn.Module,
     tracked: dict[str, nn.Linear],
-    batches: Iterable[tuple[list[str], dict[str, Tensor]]],
+    batches: Batches,
     on_layer: BatchLayerCallback,
     *,
     normalisation: str = "sequence",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,12 +39,10 @@ from torch import Tensor, nn
 from gdig_core.config import CurvatureConfig, ScoringConfig
 from gdig_core.curvature import Factors, autocast_dtype, precondition_many, share_eigenbases
 from gdig_core.features import GradientProjection, KroneckerProjector
-from gdig_core.hooks import BatchContext, capture_batches, layer_shape, select_tracked_modules
+from gdig_core.hooks import BatchContext, Batches, capture_batches, layer_shape, select_tracked_modules
 from gdig_core.io import atomic_path
 from gdig_core.scores import ScoreBatch, ScoreShardWriter
 from gdig_core.variants import Variant
-
-Batches = Iterable[tuple[list[str], dict[str, Tensor]]]
 
 
 @dataclass

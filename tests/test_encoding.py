@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from gdig_core.config import load_config
-from gdig_core.data import IGNORE_INDEX, build_prompt, collate, encode_pairs, iter_batches, length_batches
+from gdig_core.encoding import IGNORE_INDEX, build_prompt, collate, encode_pairs, iter_batches, length_batches
 from gdig_core.models import load_model
 
 ROW = {"id": "x", "src_lang": "de", "tgt_lang": "en", "src": "Das Haus ist klein.", "tgt": "The house is small."}

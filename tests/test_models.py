@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gdig_core.config import ModelConfig, TinyModelConfig, load_config
-from gdig_core.data import collate, encode_pairs
+from gdig_core.encoding import collate, encode_pairs
 from gdig_core.io import tree_sha256
 from gdig_core.models import GEMMA_ALIAS, build_tiny_model, gemma_checkpoint, load_model
 

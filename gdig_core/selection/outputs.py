@@ -139,15 +139,16 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 def noise_summary(labels: np.ndarray, plan: Plan) -> dict[str, Any]:
     """Clean share of the selection, its noise by kind, and the ROC AUC of the method's score
     at ranking clean above each noise kind (over every labelled candidate)."""
-    from gdig_core.noise_eval import auc_by_kind
+    from gdig_core.noise_eval import auc_by_kind, clean_share
 
+    ids = [str(i) for i in range(len(labels))]
+    by_id = {i: str(k) for i, k in zip(ids, labels, strict=True) if k}
     picked = labels[plan.picked]
     known = picked[picked != ""]
     out: dict[str, Any] = {
-        "clean_share": float((known == "clean").mean()) if len(known) else None,
+        "clean_share": clean_share([ids[i] for i in plan.picked], by_id),
         "selected_by_kind": dict(sorted(Counter(str(k) for k in known).items())),
     }
     if plan.score is not None:
-        ids = [str(i) for i in range(len(labels))]
-        out["auc"] = auc_by_kind(ids, plan.score, {i: str(k) for i, k in zip(ids, labels, strict=True) if k})
+        out["auc"] = auc_by_kind(ids, plan.score, by_id)
     return out
