@@ -4,6 +4,12 @@ Each stage has its own section so that cache keys can hash exactly the settings 
 Unknown keys are errors (``extra="forbid"``): a typo must not silently fall back to a default.
 Types are strict: ``true`` is not a batch size and ``2.5`` is not a step count. Names that become
 directory names are checked (``gdig_core.names``), and so is the prompt template.
+
+Length: one tree of pydantic models, one section per stage, each field with the comment that
+documents it; users read it top to bottom as the reference of every setting, and
+``tasks.key_derivation`` fingerprints this module without its field declarations (a new setting
+does not change every stage's code version), which a split over several modules would have to
+repeat for each.
 """
 
 from __future__ import annotations

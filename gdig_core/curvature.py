@@ -23,6 +23,11 @@ Projected space (the gradient store, gdig_core.grad_store): given a
 of the projected inputs ``a P_in`` and output gradients ``g P_out``, under the layer name prefixed
 with ``projected/``: K-FAC/EK-FAC of the projected gradients (LoGra's approach), fitted in the
 passes the exact factors take anyway.
+
+Length: the two statistics passes, their shard files and merge, the eigendecomposition, and the
+:class:`Factors` built from them (damping, preconditioning, factor files): one fit, read in order.
+What differs between curvature strategies is in :mod:`gdig_core.preconditioners`; the factors
+half (about 200 lines) could move to a module of its own.
 """
 
 from __future__ import annotations

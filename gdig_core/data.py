@@ -3,6 +3,10 @@
 Every dataset becomes a pyarrow table with ``PAIR_SCHEMA`` (id, src_lang, tgt_lang, src, tgt).
 A bad row either stops the run with a ``DataError`` naming file, line and field, or, for the pool
 when the config allows it, goes to the quarantine list with its reason; nothing is dropped silently.
+
+Length: one reader per input format (TSV/JSONL/Parquet/plain parallel text) sharing the
+validation and quarantine rules, then dedup, sampling and :func:`prepare_data`; the rules a bad
+row meets are the same for every format, so they stay beside the readers that apply them.
 """
 
 from __future__ import annotations

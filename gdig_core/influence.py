@@ -18,6 +18,12 @@ Scoring never forms a flat gradient. Per layer it either forms the per-example g
 ``bmm(g^T, a)`` [B, out, in] (cost ``B out in (T + S)``) and contracts them with all seeds at
 once, or, for rank-r seeds ``V_s = L_s R_s``, contracts ``(g L) . (a R^T)`` per token (cost
 ``B T S r (out + in)``), whichever is cheaper. Results stream to a Parquet shard batch by batch.
+
+Length: the seed side (preconditioned seed gradients, full or low-rank ``SeedBlocks``) and the
+candidate side (the per-layer contraction and its cost choice between the two forms) of one
+computation, ``<H^-1 grad_s, grad_z>``; the contraction chooses by the representation of the
+blocks, and ``gdig_core.grad_store`` reuses both halves. Kept together so the cost model and the
+representations it chooses between are read in one place.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Sign convention: ``benefit[s] = b_s(z) = sum_layers <V_s, grad_W loss(z)>`` with
 Seed ids live in the Parquet schema metadata under ``gdig.seed_ids`` (a JSON list), so a file is
 self-describing. Files are written through :func:`gdig_core.io.atomic_path`: a file that exists
 under its final name was closed successfully.
+
+Length: the score shard format (schema, metadata), its writer and its reader with the variant
+columns, kept in one module so the format is defined in one place.
 """
 
 from __future__ import annotations
