@@ -150,8 +150,8 @@ def _clustered(inp: MethodInput, influence: bool) -> Plan:
         ])
     else:
         plan.explain(rest, [
-            f"cluster {cluster[i]}, {ordinal(int(crank[i]))} closest to its centroid (distance {dist[i]:.4g}); {filled}"
-            for i in rest
+            f"cluster {c}, {ordinal(r)} closest to its centroid (distance {d:.4g}); {filled}"
+            for c, r, d in zip(cluster[rest].tolist(), crank[rest].tolist(), dist[rest].tolist(), strict=True)
         ])
     return plan
 

@@ -57,8 +57,16 @@ class Plan:
         if isinstance(texts, str):
             self.why[rows] = texts
         else:
-            for i, text in zip(rows, texts, strict=True):
-                self.why[i] = text
+            if len(texts) != len(rows):
+                raise ValueError(f"{len(rows)} rows but {len(texts)} reasons")
+            self.why[rows] = _column(texts)
+
+
+def _column(texts: list[str]) -> np.ndarray:
+    """Strings as an object array (assigned into another without a fixed-width copy)."""
+    out = np.empty(len(texts), dtype=object)
+    out[:] = texts
+    return out
 
 
 @dataclass
@@ -84,17 +92,16 @@ def row_reasons(plan: Plan, scores: ScoreTable, q: QualityResult) -> np.ndarray:
     reason of each picked row, the method's own for the rows it explained, and the shared ones for
     rows excluded before selection or left out of the quality set."""
     why = plan.why.copy() if plan.why is not None else np.full(len(plan.status), None, dtype=object)
-    for i, text in zip(plan.picked, plan.reasons, strict=True):
-        why[i] = text
+    why[plan.picked] = _column(plan.reasons)
     for i in np.flatnonzero(plan.status == BAD):
         excl = q.exclusion[i] if q.exclusion is not None else ""
         why[i] = f"excluded before selection: {excl or 'non-finite score or feature'}"
     n_q = len(q.order)
-    for i in np.flatnonzero((plan.status == BELOW_QUALITY) & (why == None)):  # noqa: E711
-        why[i] = (
-            f"not in the quality set ({n_q} candidates; rule: {q.rule}): it benefits "
-            f"{scores.benefit_frac_pos[i]:.0%} of the seeds, mean benefit {scores.benefit_mean[i]:.4g}"
-        )
+    below = np.flatnonzero((plan.status == BELOW_QUALITY) & (why == None))  # noqa: E711
+    head = f"not in the quality set ({n_q} candidates; rule: {q.rule}): it benefits "
+    # Python floats: formatting them is several times faster than numpy scalars (1M rows).
+    why[below] = _column([f"{head}{frac:.0%} of the seeds, mean benefit {mean:.4g}" for frac, mean in
+                  zip(scores.benefit_frac_pos[below].tolist(), scores.benefit_mean[below].tolist(), strict=True)])
     for i in np.flatnonzero(why == None):  # noqa: E711
         why[i] = "not selected"  # a method that words none of its rows
     return why
