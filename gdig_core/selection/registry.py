@@ -3,9 +3,10 @@
 A method is a function ``plan(inp: MethodInput) -> Plan`` (:mod:`gdig_core.selection.plan`)
 registered under the name a :class:`~gdig_core.config.MethodSpec`'s ``method`` field uses::
 
-    @register("shortest")
+    @register("shortest_target")
     def _shortest(inp: MethodInput) -> Plan:
-        return ranked_plan(-inp.ctx.text_length(), inp, "shortest target")
+        words = np.array([len(t.split()) for t in inp.ctx.tgt], dtype=np.float64)
+        return ranked_plan(-words, inp.q, inp.budget, inp.tie, "shortest target")
 
 The built-in methods are in :mod:`gdig_core.selection.methods`; importing
 :mod:`gdig_core.selection` registers them. ``docs/extending.md`` walks through a new one.
