@@ -69,8 +69,8 @@ def generation_rate(cfg: GdigConfig, model: Any, tok: Any, sources: list[str], b
 
 def capture_rate(cfg: GdigConfig, model: Any, tok: Any, rows: list[dict], seeds: list[dict], out: Path) -> float:
     from gdig_core.config import CurvatureConfig, ScoringConfig
-    from gdig_core.curvature import fit_factor_set
     from gdig_core.encoding import encode_pairs, iter_batches
+    from gdig_core.factors import fit_factor_set
     from gdig_core.hooks import select_tracked_modules
     from gdig_core.influence import precondition_seeds, score_shard
     from gdig_core.variants import score_variants

@@ -37,12 +37,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gdig_core.config import CurvatureConfig, ScoringConfig  # noqa: E402
-from gdig_core.curvature import (  # noqa: E402
-    covariance_stats,
-    eigendecompose,
-    finalize_factors,
-    lambda_stats,
-)
+from gdig_core.curvature import covariance_stats, eigendecompose, lambda_stats  # noqa: E402
+from gdig_core.factors import finalize_factors  # noqa: E402
 from gdig_core.hooks import select_tracked_modules  # noqa: E402
 from gdig_core.influence import precondition_seeds, score_shard  # noqa: E402
 

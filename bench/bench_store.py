@@ -114,15 +114,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one measured 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from gdig_core.curvature import (
-        covariance_stats,
-        eigendecompose,
-        finalize_factors,
-        finalize_projected_factors,
-        lambda_stats,
-    )
+    from gdig_core.curvature import covariance_stats, eigendecompose, lambda_stats
     from gdig_core.data import read_dataset
     from gdig_core.encoding import encode_pairs, iter_batches
+    from gdig_core.factors import finalize_factors, finalize_projected_factors
     from gdig_core.features import gradient_projection
     from gdig_core.grad_store import GradientSegmentWriter, read_segment, rescore_segment, store_seeds
     from gdig_core.hooks import layer_shape, select_tracked_modules

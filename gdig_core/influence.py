@@ -43,7 +43,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from gdig_core.config import CurvatureConfig, ScoringConfig
-from gdig_core.curvature import Factors, autocast_dtype, precondition_many, share_eigenbases
+from gdig_core.curvature import autocast_dtype
+from gdig_core.factors import Factors, precondition_many, share_eigenbases
 from gdig_core.features import GradientProjection, KroneckerProjector
 from gdig_core.hooks import BatchContext, Batches, capture_batches, layer_shape, select_tracked_modules
 from gdig_core.io import atomic_path

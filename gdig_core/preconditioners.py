@@ -10,7 +10,7 @@ capability flags the rest of the project asks instead of comparing names:
   (:func:`~gdig_core.curvature.lambda_stats`).
 
 A strategy that needs the eigendecomposition gives :meth:`Preconditioner.eigenvalues`, the
-per-layer eigenvalue matrix [out, in] that :func:`gdig_core.curvature.finalize_factors` damps
+per-layer eigenvalue matrix [out, in] that :func:`gdig_core.factors.finalize_factors` damps
 and inverts; ``H^-1 g = Q_G ((Q_G^T g Q_A) / (Lambda + damping)) Q_A^T``. One without it is the
 identity (plain gradient similarity). :func:`required_passes` is the one place that decides which
 statistics passes a set of strategies runs: the curvature stage's key and its tasks both ask it.

@@ -16,9 +16,9 @@ def precondition_call(
     """Precondition the seeds under every preconditioner in ``factor_paths`` (method -> file) in one
     capture pass; write one file per method to ``out_paths``. On the store path (``scoring.path:
     store``) the seeds are projected like the store's gradients, against factors fitted there."""
-    from gdig_core.curvature import load_factors, share_eigenbases
     from gdig_core.data import read_pairs
     from gdig_core.encoding import encode_pairs, iter_batches
+    from gdig_core.factors import load_factors, share_eigenbases
     from gdig_core.features import gradient_projection
     from gdig_core.hooks import layer_shape, select_tracked_modules
     from gdig_core.influence import precondition_seeds
@@ -60,7 +60,7 @@ def score_shard_call(
     """Score one shard; with ``grad_path`` also write its rows' projected gradients (the store)."""
     from contextlib import nullcontext
 
-    from gdig_core.curvature import load_factors
+    from gdig_core.factors import load_factors
     from gdig_core.grad_store import segment_writer
     from gdig_core.hooks import layer_shape
     from gdig_core.influence import score_shard

@@ -90,13 +90,8 @@ def finalize_task(
     """Every preconditioner the fitted statistics allow (identity always; K-FAC with the
     eigendecomposition; EK-FAC with the Lambda pass too), one file each: they cost nothing more.
     With the gradient store enabled, the same in its projected space (``projected-factors-*``)."""
-    from gdig_core.curvature import (
-        finalize_factors,
-        finalize_projected_factors,
-        load_stats,
-        merge_stats,
-        save_factors,
-    )
+    from gdig_core.curvature import load_stats, merge_stats
+    from gdig_core.factors import finalize_factors, finalize_projected_factors, save_factors
     from gdig_core.features import gradient_projection
     from gdig_core.preconditioners import available
 

@@ -184,6 +184,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         encoding,
         evaluation,
         evidence,
+        factors,
         features,
         hooks,
         influence,
@@ -229,7 +230,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
             "covariance": CoreCall(curvature.covariance_stats, cfg=curv),
             "eigen": CoreCall(curvature.eigendecompose, cfg=curv),
             "lambda": CoreCall(curvature.lambda_stats, cfg=curv),
-            "finalize": CoreCall(curvature.finalize_factors, cfg=curv),
+            "finalize": CoreCall(factors.finalize_factors, cfg=curv),
         } | (projection if store.enabled else {})
     if stage == "precondition":
         return _model_calls(cfg) | {

@@ -14,14 +14,11 @@ from gdig_core.curvature import (
     N_EXAMPLES,
     covariance_stats,
     eigendecompose,
-    finalize_factors,
-    fit_factors,
     lambda_stats,
-    load_factors,
     merge_stats,
-    save_factors,
     save_stats,
 )
+from gdig_core.factors import finalize_factors, fit_factors, load_factors, save_factors
 from gdig_core.hooks import select_tracked_modules
 
 VOCAB, T = 40, 8

@@ -14,7 +14,7 @@ from micro_models import micro_lm, stack_batches
 
 from gdig_core import preconditioners
 from gdig_core.config import CurvatureConfig, GdigConfig, MethodSpec, SelectionConfig
-from gdig_core.curvature import fit_factor_set
+from gdig_core.factors import fit_factor_set
 from gdig_core.hooks import select_tracked_modules
 from gdig_core.scores import ScoreBatch, ScoreShardWriter, read_scores
 from gdig_core.selection import REGISTRY, MethodInput, Plan, register, select, selection_plan

@@ -13,15 +13,8 @@ from micro_models import stack_batches as _batches
 from test_influence import _examples, _flat_grad
 
 from gdig_core.config import CurvatureConfig, GradientStoreConfig, ScoringConfig
-from gdig_core.curvature import (
-    covariance_stats,
-    eigendecompose,
-    finalize_factors,
-    finalize_projected_factors,
-    lambda_stats,
-    load_factors,
-    save_factors,
-)
+from gdig_core.curvature import covariance_stats, eigendecompose, lambda_stats
+from gdig_core.factors import finalize_factors, finalize_projected_factors, load_factors, save_factors
 from gdig_core.features import gradient_projection, kronecker_dims
 from gdig_core.grad_store import (
     GradientSegmentWriter,

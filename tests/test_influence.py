@@ -11,7 +11,7 @@ from micro_models import stack_batches as _batches
 from torch import nn
 
 from gdig_core.config import CurvatureConfig, ScoringConfig
-from gdig_core.curvature import fit_factors
+from gdig_core.factors import fit_factors
 from gdig_core.features import KroneckerProjector
 from gdig_core.hooks import layer_shape, select_tracked_modules
 from gdig_core.influence import Preconditioned, precondition_seeds, score_shard

@@ -42,7 +42,7 @@ from kronfluence.task import Task  # noqa: E402
 from micro_models import micro_lm  # noqa: E402
 
 from gdig_core.config import CurvatureConfig, ScoringConfig  # noqa: E402
-from gdig_core.curvature import fit_factors  # noqa: E402
+from gdig_core.factors import fit_factors  # noqa: E402
 from gdig_core.hooks import select_tracked_modules  # noqa: E402
 from gdig_core.influence import precondition_seeds, score_shard  # noqa: E402
 from gdig_core.scores import read_scores  # noqa: E402

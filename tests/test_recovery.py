@@ -226,7 +226,8 @@ def test_corrupt_files_name_themselves(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gdig_core.curvature import load_factors, load_stats
+    from gdig_core.curvature import load_stats
+    from gdig_core.factors import load_factors
     from gdig_core.integrity import CorruptFileError
     from gdig_core.scores import read_scores
 

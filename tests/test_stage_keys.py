@@ -236,6 +236,7 @@ EXPECTED_CODE: dict[str, set[str]] = {
     "training": {"reference", "finetune"},
     "checkpointing": {"reference", "finetune"},
     "curvature": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
+    "factors": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
     "influence": {"precondition", "scoring", "scoring-rows", "gradients"},
     # The gradient store's projection: curvature fits projected factors with it.
     "features": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},

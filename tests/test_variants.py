@@ -10,7 +10,7 @@ from micro_models import stack_batches as _batches
 from test_influence import _examples, _flat_grad
 
 from gdig_core.config import CurvatureConfig, ScoringConfig
-from gdig_core.curvature import fit_factor_set, fit_factors
+from gdig_core.factors import fit_factor_set, fit_factors
 from gdig_core.hooks import select_tracked_modules
 from gdig_core.influence import precondition_seeds, score_shard
 from gdig_core.scores import read_scores
