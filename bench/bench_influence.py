@@ -40,7 +40,8 @@ from gdig_core.config import CurvatureConfig, ScoringConfig  # noqa: E402
 from gdig_core.curvature import covariance_stats, eigendecompose, lambda_stats  # noqa: E402
 from gdig_core.factors import finalize_factors  # noqa: E402
 from gdig_core.hooks import select_tracked_modules  # noqa: E402
-from gdig_core.influence import precondition_seeds, score_shard  # noqa: E402
+from gdig_core.influence import score_shard  # noqa: E402
+from gdig_core.preconditioning import precondition_seeds  # noqa: E402
 
 FULL = dict(
     hidden_size=2048,

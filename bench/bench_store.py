@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one measured 
     from gdig_core.features import gradient_projection
     from gdig_core.grad_store import GradientSegmentWriter, read_segment, rescore_segment, store_seeds
     from gdig_core.hooks import layer_shape, select_tracked_modules
-    from gdig_core.influence import precondition_seeds, score_shard
+    from gdig_core.influence import score_shard
+    from gdig_core.preconditioning import precondition_seeds
     from gdig_core.scores import read_scores
     from gdig_core.variants import score_variants
 

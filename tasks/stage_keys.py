@@ -187,9 +187,9 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         factors,
         features,
         hooks,
-        influence,
         models,
         preconditioners,
+        preconditioning,
         report,
         selection,
         training,
@@ -235,7 +235,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
     if stage == "precondition":
         return _model_calls(cfg) | {
             "batches": CoreCall(encoding.iter_batches, batch_size=cfg.scoring.batch_size),
-            "precondition": CoreCall(influence.precondition_seeds, cfg_curv=curv, cfg_score=cfg.scoring),
+            "precondition": CoreCall(preconditioning.precondition_seeds, cfg_curv=curv, cfg_score=cfg.scoring),
             "preconditioners": Setting(methods=methods),
         } | (projection if cfg.scoring.path == "store" else {})
     if stage in ("scoring", "scoring-rows", "gradients"):
