@@ -73,7 +73,7 @@ def capture_rate(cfg: GdigConfig, model: Any, tok: Any, rows: list[dict], seeds:
     from gdig_core.factors import fit_factor_set
     from gdig_core.hooks import select_tracked_modules
     from gdig_core.influence import score_shard
-    from gdig_core.preconditioning import precondition_seeds
+    from gdig_core.seed_preconditioning import precondition_seeds
     from gdig_core.variants import score_variants
 
     curv = CurvatureConfig(preset="gdig-official", method="ekfac")

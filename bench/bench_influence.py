@@ -41,7 +41,7 @@ from gdig_core.curvature import covariance_stats, eigendecompose, lambda_stats  
 from gdig_core.factors import finalize_factors  # noqa: E402
 from gdig_core.hooks import select_tracked_modules  # noqa: E402
 from gdig_core.influence import score_shard  # noqa: E402
-from gdig_core.preconditioning import precondition_seeds  # noqa: E402
+from gdig_core.seed_preconditioning import precondition_seeds  # noqa: E402
 
 FULL = dict(
     hidden_size=2048,

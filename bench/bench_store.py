@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one measured 
     from gdig_core.grad_store import GradientSegmentWriter, read_segment, rescore_segment, store_seeds
     from gdig_core.hooks import layer_shape, select_tracked_modules
     from gdig_core.influence import score_shard
-    from gdig_core.preconditioning import precondition_seeds
     from gdig_core.scores import read_scores
+    from gdig_core.seed_preconditioning import precondition_seeds
     from gdig_core.variants import score_variants
 
     preset, default_dims = PRESETS[args.model]

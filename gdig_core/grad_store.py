@@ -6,7 +6,7 @@ projection, or the layer itself when it fits), flattened into one row, beside wh
 records whatever the seeds (ok, reason, loss, token count, gradient norm, feature). With
 curvature fitted on projected gradients (LoGra's approach; ``gdig_core.curvature`` does it in the
 exact factors' own passes) and the seeds preconditioned in the same space
-(``preconditioning.precondition_seeds(..., projection=...)``), the benefit of candidate z on seed s is
+(``seed_preconditioning.precondition_seeds(..., projection=...)``), the benefit of candidate z on seed s is
 
     b'_s(z) = < H'^-1 dW'_s , dW'_z >   summed over layers  =  (G V'^T)[z, s]
 
@@ -51,8 +51,8 @@ from gdig_core.influence import (
     seed_blocks,
 )
 from gdig_core.io import atomic_path
-from gdig_core.preconditioning import Preconditioned, masked_inputs
 from gdig_core.scores import ScoreShardWriter
+from gdig_core.seed_preconditioning import Preconditioned, masked_inputs
 from gdig_core.variants import Variant
 
 FORMAT_VERSION = "1"
@@ -261,7 +261,7 @@ class StoreSeeds:
 def store_seeds(
     precond: Preconditioned | dict[str, Preconditioned], loss_normalisation: str, variants: list[Variant] | None = None
 ) -> StoreSeeds:
-    """Check and stack projected preconditioned seeds (``preconditioning.precondition_seeds`` with the
+    """Check and stack projected preconditioned seeds (``seed_preconditioning.precondition_seeds`` with the
     store's projection) for the score ``variants``."""
     return StoreSeeds(seed_blocks(precond, loss_normalisation, variants))
 

@@ -9,7 +9,7 @@ on z moves the weights by ``-lr H^-1 dW_z`` (or ``-lr dW_z``, same sign of the f
 effect for positive definite H), changing the seed loss by about ``-lr <grad_s, H^-1 dW_z>``:
 ``b_s(z) > 0`` means training on z lowers the loss of seed s. This is kronfluence's pairwise
 score (query = seed, train = candidate) and the negative of the classical influence. The seeds'
-side, ``V_s``, is :mod:`gdig_core.preconditioning`.
+side, ``V_s``, is :mod:`gdig_core.seed_preconditioning`.
 
 Loss per example (``ScoringConfig.loss_normalisation``): ``sequence`` = summed target-token
 cross-entropy (kronfluence's convention); ``token`` = that sum divided by its target-token
@@ -39,8 +39,13 @@ from gdig_core.curvature import autocast_dtype
 from gdig_core.factors import Factors
 from gdig_core.features import GradientProjection, KroneckerProjector
 from gdig_core.hooks import BatchContext, Batches, capture_batches, layer_shape
-from gdig_core.preconditioning import Preconditioned, masked_inputs, per_example_grads, stack_preconditioned
 from gdig_core.scores import ScoreBatch, ScoreShardWriter
+from gdig_core.seed_preconditioning import (
+    Preconditioned,
+    masked_inputs,
+    per_example_grads,
+    stack_preconditioned,
+)
 from gdig_core.variants import Variant
 
 

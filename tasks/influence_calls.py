@@ -21,7 +21,7 @@ def precondition_call(
     from gdig_core.factors import load_factors, share_eigenbases
     from gdig_core.features import gradient_projection
     from gdig_core.hooks import layer_shape, select_tracked_modules
-    from gdig_core.preconditioning import precondition_seeds
+    from gdig_core.seed_preconditioning import precondition_seeds
     from tasks.faults import with_oom_backoff
     from tasks.shard_work import loaded_model
 
@@ -47,7 +47,7 @@ def precondition_call(
 
 def load_precond(inputs: dict[str, Path]) -> dict:
     """The preconditioned seeds among a job's inputs (``precond:<method>``), by method."""
-    from gdig_core.preconditioning import Preconditioned
+    from gdig_core.seed_preconditioning import Preconditioned
 
     return {name.split(":", 1)[1]: Preconditioned.load(path) for name, path in inputs.items()
             if name.startswith("precond:")}

@@ -100,8 +100,8 @@ def _rescore(cfg: GdigConfig, keys: list[str], grads: StoreIndex, scores_root: s
     import pyarrow as pa
 
     from gdig_core.grad_store import read_segment, store_seeds
-    from gdig_core.preconditioning import Preconditioned
     from gdig_core.row_store import segment_name
+    from gdig_core.seed_preconditioning import Preconditioned
     from gdig_core.variants import score_variants
 
     precond_by_method = {m: Preconditioned.load(precond.path(precond_file(m))) for m in needed_methods(cfg)}

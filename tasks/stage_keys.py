@@ -189,8 +189,8 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         hooks,
         models,
         preconditioners,
-        preconditioning,
         report,
+        seed_preconditioning,
         selection,
         training,
         variants,
@@ -235,7 +235,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
     if stage == "precondition":
         return _model_calls(cfg) | {
             "batches": CoreCall(encoding.iter_batches, batch_size=cfg.scoring.batch_size),
-            "precondition": CoreCall(preconditioning.precondition_seeds, cfg_curv=curv, cfg_score=cfg.scoring),
+            "precondition": CoreCall(seed_preconditioning.precondition_seeds, cfg_curv=curv, cfg_score=cfg.scoring),
             "preconditioners": Setting(methods=methods),
         } | (projection if cfg.scoring.path == "store" else {})
     if stage in ("scoring", "scoring-rows", "gradients"):

@@ -25,8 +25,8 @@ from gdig_core.grad_store import (
 )
 from gdig_core.hooks import layer_shape, select_tracked_modules
 from gdig_core.influence import score_shard
-from gdig_core.preconditioning import precondition_seeds
 from gdig_core.scores import read_scores
+from gdig_core.seed_preconditioning import precondition_seeds
 from gdig_core.variants import score_variants
 
 METHODS = ("ekfac", "kfac", "identity")

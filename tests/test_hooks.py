@@ -14,7 +14,7 @@ from gdig_core.hooks import (
     example_seed,
     select_tracked_modules,
 )
-from gdig_core.preconditioning import per_example_grads
+from gdig_core.seed_preconditioning import per_example_grads
 
 VOCAB, T = 50, 9
 

@@ -15,8 +15,8 @@ from gdig_core.factors import fit_factors
 from gdig_core.features import KroneckerProjector
 from gdig_core.hooks import layer_shape, select_tracked_modules
 from gdig_core.influence import score_shard
-from gdig_core.preconditioning import Preconditioned, precondition_seeds
 from gdig_core.scores import read_scores
+from gdig_core.seed_preconditioning import Preconditioned, precondition_seeds
 
 VOCAB, T = 40, 9
 POISON = 39

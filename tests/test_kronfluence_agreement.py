@@ -45,8 +45,8 @@ from gdig_core.config import CurvatureConfig, ScoringConfig  # noqa: E402
 from gdig_core.factors import fit_factors  # noqa: E402
 from gdig_core.hooks import select_tracked_modules  # noqa: E402
 from gdig_core.influence import score_shard  # noqa: E402
-from gdig_core.preconditioning import precondition_seeds  # noqa: E402
 from gdig_core.scores import read_scores  # noqa: E402
+from gdig_core.seed_preconditioning import precondition_seeds  # noqa: E402
 
 VOCAB, T = 64, 10
 

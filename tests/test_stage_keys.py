@@ -237,12 +237,12 @@ EXPECTED_CODE: dict[str, set[str]] = {
     "checkpointing": {"reference", "finetune"},
     "curvature": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
     "factors": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
-    # Scoring only: the seeds' side is preconditioning.py.
+    # Scoring only: the seeds' side is seed_preconditioning.py.
     "influence": {"scoring", "scoring-rows", "gradients"},
-    "preconditioning": {"precondition", "scoring", "scoring-rows", "gradients"},
+    "seed_preconditioning": {"precondition", "scoring", "scoring-rows", "gradients"},
     # The gradient store's projection: curvature fits projected factors with it.
     "features": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
-    # Not the precondition stage: preconditioning.py writes no score shards.
+    # Not the precondition stage: seed_preconditioning.py writes no score shards.
     "scores": {"scoring", "scoring-rows", "gradients", "selection", "report"},
     "preconditioners": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
     **{f"selection/{m}": {"selection"} for m in ("clustering", "context", "layout", "methods", "outputs", "plan",

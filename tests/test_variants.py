@@ -13,8 +13,8 @@ from gdig_core.config import CurvatureConfig, ScoringConfig
 from gdig_core.factors import fit_factor_set, fit_factors
 from gdig_core.hooks import select_tracked_modules
 from gdig_core.influence import score_shard
-from gdig_core.preconditioning import precondition_seeds
 from gdig_core.scores import read_scores
+from gdig_core.seed_preconditioning import precondition_seeds
 from gdig_core.variants import parse_variant, score_variants
 
 VARIANTS = ["ekfac-raw", "kfac-raw", "identity-raw", "ekfac-token", "kfac-cosine", "identity-cosine", "identity-token"]
