@@ -1,13 +1,10 @@
-"""Small helpers shared by the stage tasks: model fingerprints, GPU slots, cached task states."""
+"""Small helpers shared by the stage tasks: model fingerprints, cached task states."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gdig_core.config import GdigConfig
 from gdig_core.integrity import file_digest
 from gdig_core.io import text_sha256
 
@@ -55,18 +52,3 @@ def stage_state(value: Any, cached: bool, what: str) -> Any:
     if not cached or TaskRunContext.get() is None:
         return value
     return Completed(data=value, name="Cached", message=f"{what}: verified outputs reused")
-
-
-@contextlib.contextmanager
-def gpu_slot(cfg: GdigConfig, what: str = "GPU task") -> Iterator[None]:
-    """Hold one slot of the global GPU concurrency limit, with a bounded wait (``tasks.gpu_slots``);
-    a no-op outside a Prefect run."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    from tasks.gpu_slots import hold_gpu_slot
-
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
-        yield
-        return
-    with hold_gpu_slot(cfg.orchestration, what):
-        yield

@@ -12,8 +12,9 @@ from prefect.cache_policies import NO_CACHE
 from gdig_core.config import GdigConfig, resolve_data_path
 from gdig_core.data import sample_rows  # noqa: F401 - the curvature stage imports it from here
 from tasks import artifacts
-from tasks.common import gpu_slot, model_fingerprint, raw_file_hashes, stage_state
+from tasks.common import model_fingerprint, raw_file_hashes, stage_state
 from tasks.faults import kill_point, retry_condition
+from tasks.gpu_slots import gpu_slot
 from tasks.stage_cache import StageOutput, run_stage
 from tasks.stage_keys import key_parts, stage_calls
 
@@ -116,7 +117,7 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
         table = read_pairs(data.path("pool.parquet"))
         table = table.take(calls["sample"](table.num_rows))
         # Train into the work dir so resume checkpoints survive a killed run, then move in place.
-        with gpu_slot(cfg, "reference model"):
+        with gpu_slot(cfg.orchestration, "reference model"):
             model_dir = calls["train"](pairs=table, out_dir=work / "model", base_model=base[0], progress=False,
                                        on_step=lambda step, loss: kill_point("reference", step))
         shutil.move(str(model_dir), out / "model")

@@ -10,9 +10,10 @@ from prefect import task
 
 from gdig_core.config import GdigConfig, MethodSpec
 from tasks import artifacts
-from tasks.common import gpu_slot, raw_file_hashes, stage_state
+from tasks.common import raw_file_hashes, stage_state
 from tasks.data_tasks import TASK_OPTS, pool_hash
 from tasks.faults import kill_point
+from tasks.gpu_slots import gpu_slot
 from tasks.stage_cache import StageOutput, run_stage
 from tasks.stage_keys import key_parts, stage_calls
 
@@ -74,7 +75,7 @@ def finetune_task(
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         table = read_pairs(selection.path("selected.parquet"))
-        with gpu_slot(cfg, "finetune"):
+        with gpu_slot(cfg.orchestration, "finetune"):
             model_dir = calls["train"](pairs=table, out_dir=work / "model", base_model=base[0], progress=False,
                                        on_step=lambda step, loss: kill_point("finetune", step))
         shutil.move(str(model_dir), out / "model")
@@ -107,7 +108,7 @@ def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: 
     calls = stage_calls("evaluation", cfg)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        with gpu_slot(cfg, f"evaluation {label}"):
+        with gpu_slot(cfg.orchestration, f"evaluation {label}"):
             metrics = calls["evaluate"](model_dir=model[0], out_dir=out)
         kill_point("evaluation")
         return {**meta, "metrics": metrics}

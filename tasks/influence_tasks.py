@@ -11,8 +11,9 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts, storage
-from tasks.common import gpu_slot, stage_state
+from tasks.common import stage_state
 from tasks.data_tasks import TASK_OPTS, pool_hash, sample_rows, seed_hash
+from tasks.gpu_slots import gpu_slot
 from tasks.records import record
 from tasks.shard_map import map_shards
 from tasks.shards import ShardJob, ShardKind, plan, shard_output
@@ -60,7 +61,7 @@ def local_copies(locations: list[str], work: Path) -> list[Path]:
 def tracked_modules_task(cfg: GdigConfig, checkpoint: str) -> dict[str, tuple[int, int]]:
     """The tracked layers, in order, with the (out, in) shape of their gradients."""
     from gdig_core.hooks import layer_shape, select_tracked_modules
-    from tasks.shard_work import loaded_model
+    from tasks.model_cache import loaded_model
 
     model, _ = loaded_model(cfg, checkpoint)
     return {name: layer_shape(m) for name, m in select_tracked_modules(model, cfg.curvature).items()}
@@ -185,7 +186,7 @@ def precondition_task(
     files = [scoring_factor_file(cfg, m) for m in methods]  # projected ones on the store path
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        with gpu_slot(cfg, "seed preconditioning"):
+        with gpu_slot(cfg.orchestration, "seed preconditioning"):
             return precondition_call(cfg, reference[0], data.path("seed.parquet"),
                                      {m: factors.path(f) for m, f in zip(methods, files, strict=True)},
                                      {m: out / precond_file(m) for m in methods})

@@ -122,7 +122,7 @@ def _rescore(cfg: GdigConfig, keys: list[str], grads: StoreIndex, scores_root: s
             chunk = items[start:start + cfg.scoring.shard_size]
             chunk_keys = [key for key, _ in chunk]
             out = storage.join(scores_root, segment_name(chunk_keys))
-            local = storage.local(out) if not storage.is_url(out) else work / "rescored" / segment_name(chunk_keys)
+            local = storage.local_path(out) or work / "rescored" / segment_name(chunk_keys)
             summary = calls_rescore(cfg)(segment, np.array([row for _, row in chunk]), seeds, out_path=local)
             publish_segment(local, out, chunk_keys, summary)
         artifacts.update_progress(progress, done / len(groups), f"{what}, {done}/{len(groups)} store segments done; {note}")

@@ -17,6 +17,8 @@ from gdig_core.config import OrchestrationConfig
 from tasks import artifacts
 from tasks.faults import TransientError, retry_condition
 from tasks.records import record
+from tasks.shard_dispatch import await_shard_run, check_shard_deployment
+from tasks.shard_work import run_shard
 from tasks.shards import ShardJob, read_done
 
 
@@ -27,11 +29,7 @@ class ShardsFailed(RuntimeError):
 @task(name="shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
 def run_shard_local(job: ShardJob, gpu_limit: str) -> dict[str, Any]:
     """One shard in this process, holding a slot of the GPU concurrency limit while it works."""
-    from tasks.gpu_slots import hold_gpu_slot
-    from tasks.shard_work import execute_job
-
-    with hold_gpu_slot(job.config.get("orchestration", {}), f"{job.kind} shard {job.index}"):
-        return execute_job(job)
+    return run_shard(job)
 
 
 @task(name="dispatch-shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
@@ -39,8 +37,6 @@ def run_shard_deployment(job: ShardJob, deployment: str) -> dict[str, Any]:
     """One shard as a run of the shard deployment (picked up by a worker); waits for it, within the
     bounds of ``orchestration.worker_wait_seconds`` and ``shard_timeout_seconds``."""
     from prefect.deployments import run_deployment
-
-    from tasks.shard_dispatch import await_shard_run, check_shard_deployment
 
     orch = OrchestrationConfig.model_validate(job.config.get("orchestration", {}))
     pool = check_shard_deployment(orch)

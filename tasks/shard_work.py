@@ -1,23 +1,26 @@
 """The body of one shard, shared by the in-process task and the shard deployment's flow: fetch the
-inputs, load the model once per thread, build batches, call the gdig_core stage function, write the
-output atomically and then its sidecar. No method logic lives here."""
+inputs, load the model once per thread (``tasks.model_cache``), build batches, run the shard kind's
+step (``STEPS``: one gdig_core call each), write the output atomically and then its sidecar. No
+method logic lives here."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gdig_core.config import GdigConfig
 from tasks import artifacts, storage
 from tasks.faults import inject, kill_point, with_oom_backoff
-from tasks.shards import ShardJob, mark_done
-
-_LOCAL = threading.local()
-#: transformers' from_pretrained is not thread-safe (its empty-weights init is process-global).
-LOAD_LOCK = threading.Lock()
+from tasks.gpu_slots import gpu_slot
+from tasks.influence_calls import score_shard_call
+from tasks.model_cache import loaded_model
+from tasks.result_store import publish_segment
+from tasks.shards import ShardJob, ShardKind, mark_done
+from tasks.stage_keys import stage_calls
 
 
 def cache_root() -> Path:
@@ -25,25 +28,72 @@ def cache_root() -> Path:
     return Path(os.environ.get("GDIG_WORKER_CACHE", Path(tempfile.gettempdir()) / "gdig-worker-cache"))
 
 
-def loaded_model(cfg: GdigConfig, path: str) -> tuple[Any, Any]:
-    """(model, tokenizer), loaded once per thread: loading can cost a minute (GGUF dequantising),
-    and hooks make a model unsafe to share between threads running backward passes."""
-    from gdig_core.models import load_model
+@dataclass
+class ShardContext:
+    """What a step works with: the stage's calls, the loaded model and its tracked layers, the
+    job's fetched inputs and where its output (and gradient segment) goes on this machine."""
 
-    cache: dict[tuple[str, str], tuple[Any, Any]] = getattr(_LOCAL, "models", {})
-    key = (path, cfg.model.model_dump_json())
-    if key not in cache:
-        cache.clear()  # one model per thread: the previous stage's model is done
-        with LOAD_LOCK:
-            cache[key] = load_model(cfg.model, path=path)
-        _LOCAL.models = cache
-    return cache[key]
+    cfg: GdigConfig
+    calls: dict[str, Any]
+    model: Any
+    tracked: dict[str, Any]
+    projection: Any
+    inputs: dict[str, Path]
+    out: Path
+    grad_out: Path | None
+    examples: int
 
 
-def _rows(job: ShardJob, table_path: Path) -> list[dict[str, Any]]:
-    from gdig_core.data import read_pairs
+def _covariance(ctx: ShardContext, batches: Any) -> dict[str, Any]:
+    from gdig_core.curvature import save_stats
 
-    return read_pairs(table_path).slice(job.start, job.end - job.start).to_pylist()
+    save_stats(ctx.calls["covariance"](ctx.model, batches, ctx.tracked, projection=ctx.projection), ctx.out)
+    return {"examples": ctx.examples}
+
+
+def _lambda(ctx: ShardContext, batches: Any) -> dict[str, Any]:
+    from gdig_core.curvature import load_stats, save_stats
+
+    eigen = load_stats(ctx.inputs["eigen"])
+    save_stats(ctx.calls["lambda"](ctx.model, batches, ctx.tracked, eigen, projection=ctx.projection), ctx.out)
+    return {"examples": ctx.examples}
+
+
+def _gradients(ctx: ShardContext, batches: Any) -> dict[str, Any]:
+    return ctx.calls["capture"](ctx.model, batches, ctx.tracked, out_path=ctx.out)
+
+
+def _scores(ctx: ShardContext, batches: Any) -> dict[str, Any]:
+    return score_shard_call(ctx.cfg, ctx.model, ctx.tracked, batches, ctx.inputs, ctx.out, ctx.grad_out)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one shard kind runs: the stage whose key calls it uses (``tasks.stage_keys``), the
+    step itself, and whether its output is a result-store segment (its sidecar lists the rows'
+    content keys) rather than a plain shard file."""
+
+    stage: str
+    run: Callable[[ShardContext, Any], dict[str, Any]]
+    segment: bool
+
+
+#: Shard kind -> step. Adding a kind touches this table and ``tasks.shards.ShardKind``.
+STEPS: dict[ShardKind, Step] = {
+    "curvature_stats": Step("curvature", _covariance, segment=False),
+    "lambda_stats": Step("curvature", _lambda, segment=False),
+    "gradients": Step("gradients", _gradients, segment=True),
+    "scores": Step("scoring", _scores, segment=True),
+}
+
+
+def run_shard(job: ShardJob) -> dict[str, Any]:
+    """One shard, holding a slot of the GPU concurrency limit while it works: the in-process
+    shard task and the shard deployment's flow both run this, so GPUs are not oversubscribed
+    whoever runs them."""
+    orch = GdigConfig.model_validate(job.config).orchestration
+    with gpu_slot(orch, f"{job.kind} shard {job.index}"):
+        return execute_job(job)
 
 
 def execute_job(job: ShardJob) -> dict[str, Any]:
@@ -52,11 +102,11 @@ def execute_job(job: ShardJob) -> dict[str, Any]:
     The method functions are called through the stage's key calls (``tasks.stage_keys``), so the
     configuration a shard runs with is the one its stage's cache key covers."""
     from gdig_core.hooks import layer_shape
-    from tasks.stage_keys import stage_calls
 
     log = artifacts.logger()
+    step = STEPS[job.kind]
     cfg = GdigConfig.model_validate(job.config)
-    calls = stage_calls(_STAGE_OF.get(job.kind, "curvature"), cfg)
+    calls = stage_calls(step.stage, cfg)
     inputs = {k: storage.fetch(v, cache_root()) for k, v in job.inputs.items()}
     model, tokenizer = loaded_model(cfg, str(inputs["checkpoint"]))
     rows = _rows(job, inputs["table"])
@@ -65,49 +115,33 @@ def execute_job(job: ShardJob) -> dict[str, Any]:
     tracked = calls["tracked"](model)
     # The gradient store's projection, when the stage fits curvature in its space too.
     projection = calls["projection"]({n: layer_shape(m) for n, m in tracked.items()}) if "projection" in calls else None
-    out_local = _local_output(job.output)
-    grad_local = _local_output(job.grad_output) if job.grad_output else None
+    ctx = ShardContext(cfg, calls, model, tracked, projection, inputs, _local_output(job.output),
+                       _local_output(job.grad_output) if job.grad_output else None, len(encoded))
 
     def run(batch_size: int) -> dict[str, Any]:
         inject(job.kind, job.index, batch_size)
-        batches = calls["batches"].fn(encoded, batch_size, pad_id)  # the batch size halves on OOM
-        if job.kind == "curvature_stats":
-            from gdig_core.curvature import save_stats
-
-            save_stats(calls["covariance"](model, batches, tracked, projection=projection), out_local)
-            return {"examples": len(encoded)}
-        if job.kind == "lambda_stats":
-            from gdig_core.curvature import load_stats, save_stats
-
-            eigen = load_stats(inputs["eigen"])
-            save_stats(calls["lambda"](model, batches, tracked, eigen, projection=projection), out_local)
-            return {"examples": len(encoded)}
-        if job.kind == "gradients":
-            return calls["capture"](model, batches, tracked, out_path=out_local)
-        from tasks.influence_calls import score_shard_call
-
-        return score_shard_call(cfg, model, tracked, batches, inputs, out_local, grad_local)
+        # The batch size halves on OOM.
+        return step.run(ctx, calls["batches"].fn(encoded, batch_size, pad_id))
 
     summary = with_oom_backoff(run, calls["batches"].kwargs["batch_size"], log)
-    if job.kind in _STAGE_OF:  # a result-store segment: its sidecar lists the rows' content keys
-        from tasks.result_store import publish_segment
-
+    if step.segment:
         keys = [str(r["id"]) for r in rows]
-        if job.grad_output is not None and grad_local is not None:
-            publish_segment(grad_local, job.grad_output, keys, {})
-        publish_segment(out_local, job.output, keys, summary)
+        if job.grad_output is not None and ctx.grad_out is not None:
+            publish_segment(ctx.grad_out, job.grad_output, keys, {})
+        publish_segment(ctx.out, job.output, keys, summary)
     else:
-        if storage.is_url(job.output):
-            storage.put_file(out_local, job.output)
-        mark_done(out_local, job.output, summary)
+        storage.put_file(ctx.out, job.output)  # nothing to copy when written in place
+        mark_done(ctx.out, job.output, summary)
     kill_point(job.kind, job.index)
     log.info("%s shard %d: rows %d-%d done", job.kind, job.index, job.start, job.end)
     return summary
 
 
-#: Shard kinds whose outputs are result-store segments, and the stage whose calls they run.
-_STAGE_OF = {"scores": "scoring", "gradients": "gradients"}
+def _rows(job: ShardJob, table_path: Path) -> list[dict[str, Any]]:
+    from gdig_core.data import read_pairs
+
+    return read_pairs(table_path).slice(job.start, job.end - job.start).to_pylist()
 
 
 def _local_output(location: str) -> Path:
-    return storage.local(location) if not storage.is_url(location) else cache_root() / "out" / Path(location).name
+    return storage.local_path(location) or cache_root() / "out" / Path(location).name

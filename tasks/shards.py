@@ -12,7 +12,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from gdig_core.integrity import file_digest, stream_digest
-from gdig_core.io import atomic_write_json
 from tasks import storage
 from tasks.records import record
 
@@ -57,30 +56,12 @@ def sidecar(location: str) -> str:
 def mark_done(local_file: Path, location: str, summary: dict[str, Any]) -> None:
     """Write the sidecar after the output is in place (its size and hash, and the summary)."""
     meta = {"size": local_file.stat().st_size, "digest": file_digest(local_file), "summary": summary}
-    if storage.is_url(location):
-        tmp = local_file.with_name(local_file.name + ".done.json")
-        atomic_write_json(tmp, meta)
-        storage.put_file(tmp, sidecar(location))
-    else:
-        atomic_write_json(sidecar(location), meta)
-
-
-def _read_json(location: str) -> Any:
-    if storage.is_url(location):
-        import fsspec
-
-        with fsspec.open(location, "r") as fh:
-            return json.load(fh)
-    return json.loads(storage.local(location).read_text(encoding="utf-8"))
+    storage.write_text(sidecar(location), json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _digest(location: str) -> str:
-    if storage.is_url(location):
-        import fsspec
-
-        with fsspec.open(location, "rb") as fh:
-            return stream_digest(fh)
-    return file_digest(storage.local(location))
+    with storage.open_binary(location) as fh:
+        return stream_digest(fh)
 
 
 def shard_problem(location: str, digest: bool = True) -> tuple[dict[str, Any] | None, str | None]:
@@ -89,7 +70,7 @@ def shard_problem(location: str, digest: bool = True) -> tuple[dict[str, Any] | 
     checks the size only: for large files whose bytes are verified when they are read."""
     side = sidecar(location)
     try:
-        meta = _read_json(side)
+        meta = json.loads(storage.read_text(side))
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError) as err:
