@@ -9,8 +9,8 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.shard_work import run_shard
-from tasks.shards import ShardJob
+from tasks.sharding.jobs import ShardJob
+from tasks.sharding.work import run_shard
 
 
 @flow(name="gdig-shard", persist_result=False, log_prints=True)

@@ -110,7 +110,7 @@ class PipelineRun:
     outputs: dict[str, Any] | None
 
     def records(self) -> list[dict[str, Any]]:
-        from tasks.records import latest_records, read_records
+        from tasks.runtime.records import latest_records, read_records
 
         return read_records(latest_records(self.run_dir))
 

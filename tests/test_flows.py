@@ -16,8 +16,8 @@ import yaml
 from prefect_fixtures import PROJECT_ROOT, copy_run, pipeline_cmd, run_pipeline, selected_ids
 
 from gdig_core.config import GdigConfig, load_config
-from tasks.faults import TransientError, is_transient, with_oom_backoff
-from tasks.shards import mark_done, plan, read_done
+from tasks.runtime.faults import TransientError, is_transient, with_oom_backoff
+from tasks.sharding.jobs import mark_done, plan, read_done
 
 UP_TO_PRECONDITION = ["data", "base-model", "reference", "curvature", "precondition"]
 

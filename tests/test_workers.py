@@ -75,8 +75,8 @@ def test_shards_on_two_workers_match_in_process(prefect_server, baseline_run, tm
 def test_shared_storage_fsspec_url_round_trip(tmp_path: Path) -> None:
     """Remote shared storage (here fsspec's in-memory filesystem): staged inputs, atomic shard
     outputs with sidecars, and worker-side fetches."""
-    from tasks import storage
-    from tasks.shards import mark_done, read_done
+    from tasks.sharding import storage
+    from tasks.sharding.jobs import mark_done, read_done
 
     root = "memory://gdig-test"
     ckpt = tmp_path / "ckpt"

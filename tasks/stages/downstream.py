@@ -9,13 +9,11 @@ from typing import Any
 from prefect import task
 
 from gdig_core.config import GdigConfig, MethodSpec
-from tasks import artifacts
-from tasks.common import raw_file_hashes, stage_state
-from tasks.data_tasks import TASK_OPTS, pool_hash
-from tasks.faults import kill_point
-from tasks.gpu_slots import gpu_slot
-from tasks.stage_cache import StageOutput, run_stage
-from tasks.stage_keys import key_parts, stage_calls
+from tasks.caching.stage_cache import StageOutput, run_stage
+from tasks.caching.stage_keys import key_parts, stage_calls
+from tasks.runtime.faults import kill_point
+from tasks.runtime.gpu_slots import gpu_slot
+from tasks.stages.common import TASK_OPTS, pool_hash, raw_file_hashes, stage_state
 
 #: What a finetune and its evaluation carry from the selection they came from (report labels).
 _SELECTION_KEYS = ("method", "kind", "model", "budget", "size")
@@ -120,11 +118,3 @@ def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: 
     )
     # Identical models (same selected pairs) share one cached evaluation; keep this model's labels.
     return stage_state(result.model_copy(update={"summary": result.summary | meta}), result.cached, f"evaluation/{label}")
-
-
-def summary_rows(stage_outputs: list[StageOutput], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [{k: o.summary.get(k) for k in keys} | {"cached": o.cached} for o in stage_outputs]
-
-
-def publish_table(name: str, rows: list[dict[str, Any]], description: str) -> None:
-    artifacts.table(artifacts.artifact_key(name), rows, description)

@@ -14,12 +14,12 @@ from prefect.tasks import exponential_backoff
 from tqdm import tqdm
 
 from gdig_core.config import OrchestrationConfig
-from tasks import artifacts
-from tasks.faults import TransientError, retry_condition
-from tasks.records import record
-from tasks.shard_dispatch import await_shard_run, check_shard_deployment
-from tasks.shard_work import run_shard
-from tasks.shards import ShardJob, read_done
+from tasks.runtime import artifacts
+from tasks.runtime.faults import TransientError, retry_condition
+from tasks.runtime.records import record
+from tasks.sharding.dispatch import await_shard_run, check_shard_deployment
+from tasks.sharding.jobs import ShardJob, read_done
+from tasks.sharding.work import run_shard
 
 
 class ShardsFailed(RuntimeError):

@@ -35,7 +35,7 @@ def join(root: str, *parts: str) -> str:
 
 def _temporary(name: str) -> str:
     """A hidden temporary name beside ``name`` (``.<name>.<hex>.tmp``: the sweep of killed runs'
-    leftovers, ``tasks.stage_cache.sweep_temporaries``, knows this pattern)."""
+    leftovers, ``tasks.caching.stage_cache.sweep_temporaries``, knows this pattern)."""
     head, _, tail = name.rpartition("/")
     return (f"{head}/" if head else "") + f".{tail}.{uuid.uuid4().hex[:8]}.tmp"
 

@@ -9,7 +9,7 @@ default). With the local ephemeral server, the server is a child of ``gdig run``
 kills the server and its leases, while the limit's ``active_slots`` count stays in the SQLite
 database under ``<run_dir>/.prefect``. No lease is left to expire, so a rerun would wait for that
 slot forever. That database serves only this run directory, and the run lock
-(``tasks.run_lock``) guarantees no other run uses it, so every active slot found there at the
+(``tasks.runtime.run_lock``) guarantees no other run uses it, so every active slot found there at the
 start of a run belongs to a dead run and is released.
 
 With a standing server, a killed run's lease stays in the server and expires after
@@ -51,7 +51,7 @@ def prepare_gpu_limit(orch: OrchestrationConfig, run_dir: str | Path) -> int:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
 
-    from tasks import artifacts
+    from tasks.runtime import artifacts
 
     log = artifacts.logger()
     name = orch.gpu_concurrency_limit
@@ -109,7 +109,7 @@ def hold_gpu_slot(orch: OrchestrationConfig, what: str) -> Iterator[None]:
     logging every 30 s what it waits for."""
     from prefect.concurrency.sync import concurrency
 
-    from tasks import artifacts
+    from tasks.runtime import artifacts
 
     name, lease, bound = orch.gpu_concurrency_limit, orch.gpu_lease_seconds, orch.gpu_slot_wait_seconds
     start = time.monotonic()

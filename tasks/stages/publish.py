@@ -10,8 +10,8 @@ from typing import Any
 from gdig_core.integrity import hashing_stats
 from gdig_core.io import atomic_write_json
 from gdig_core.names import inside
-from tasks.records import record
-from tasks.stage_cache import StageOutput
+from tasks.caching.stage_cache import StageOutput
+from tasks.runtime.records import record
 
 
 def _mirror(src: Path, dst: Path) -> None:

@@ -1,14 +1,33 @@
-"""Small helpers shared by the stage tasks: model fingerprints, cached task states."""
+"""Small helpers shared by the stage tasks: their Prefect options, the content hashes of the
+prepared pool and seed, model fingerprints, cached task states."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from prefect.cache_policies import NO_CACHE
+
 from gdig_core.integrity import file_digest
 from gdig_core.io import text_sha256
+from tasks.caching.stage_cache import StageOutput
+from tasks.runtime.faults import retry_condition
+
+#: Every stage task: no Prefect result cache (stages cache by content, ``tasks.caching``), no
+#: persisted results, retries only for transient errors.
+TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
 
 _SMALL_FILE = 16 << 20
+
+
+def pool_hash(data: StageOutput) -> str:
+    """Content hash of the prepared pool (an input of every stage that reads it)."""
+    return data.summary["pool"]["content_hash"]
+
+
+def seed_hash(data: StageOutput) -> str:
+    """Content hash of the prepared seed set."""
+    return data.summary["seed"]["content_hash"]
 
 
 def model_fingerprint(path_or_id: str) -> str:

@@ -1,5 +1,5 @@
 """The scoring stage: every pool candidate's benefit on every seed, computed only for the
-candidates the result store lacks (``tasks.result_store``), then written in pool order under the
+candidates the result store lacks (``tasks.sharding.result_store``), then written in pool order under the
 pool's ids (``gdig_core.row_store.assemble``).
 
 Two paths (``scoring.path``):
@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from gdig_core.config import GdigConfig
-from tasks import artifacts, storage
-from tasks.data_tasks import pool_hash
-from tasks.influence_tasks import stage_inputs
-from tasks.result_store import StoreIndex, index_store, publish_segment, read_verified, store_root
-from tasks.shard_map import map_shards
-from tasks.shards import ShardJob, ShardKind, plan
-from tasks.stage_cache import StageOutput, code_version, run_stage, stage_key
-from tasks.stage_files import needed_methods, precond_file, scoring_factor_file
-from tasks.stage_keys import key_parts, stage_calls
+from tasks.caching.stage_cache import StageOutput, code_version, run_stage, stage_key
+from tasks.caching.stage_keys import key_parts, stage_calls
+from tasks.runtime import artifacts
+from tasks.sharding import storage
+from tasks.sharding.jobs import ShardJob, ShardKind, plan
+from tasks.sharding.mapping import map_shards
+from tasks.sharding.result_store import StoreIndex, index_store, publish_segment, read_verified, store_root
+from tasks.stages.common import pool_hash
+from tasks.stages.files import needed_methods, precond_file, scoring_factor_file
+from tasks.stages.influence import stage_inputs
 
 
 def _context(name: str, inputs: dict[str, str], cfg: GdigConfig) -> str:

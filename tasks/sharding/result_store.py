@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gdig_core.config import GdigConfig
-from tasks import storage
-from tasks.shards import mark_done, note_corrupt, read_done, sidecar
+from tasks.sharding import storage
+from tasks.sharding.jobs import mark_done, note_corrupt, read_done, sidecar
 
 StoreKind = Literal["scores", "gradients"]
 SIDE_SUFFIX = ".done.json"

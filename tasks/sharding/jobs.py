@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from gdig_core.integrity import file_digest, stream_digest
-from tasks import storage
-from tasks.records import record
+from tasks.runtime.records import record
+from tasks.sharding import storage
 
 ShardKind = Literal["curvature_stats", "lambda_stats", "scores", "gradients"]
 SUFFIX = {"curvature_stats": ".safetensors", "lambda_stats": ".safetensors", "scores": ".parquet",
@@ -101,7 +101,7 @@ def read_done(location: str, digest: bool = True) -> dict[str, Any] | None:
 
 def note_corrupt(location: str, problem: str) -> None:
     """Log and record a shard output that will be recomputed, and why."""
-    from tasks import artifacts
+    from tasks.runtime import artifacts
 
     artifacts.logger().warning("shard output will be recomputed: %s", problem)
     record("shard_corrupt", "shards", location=location, reason=problem)

@@ -1,5 +1,5 @@
 """The body of one shard, shared by the in-process task and the shard deployment's flow: fetch the
-inputs, load the model once per thread (``tasks.model_cache``), build batches, run the shard kind's
+inputs, load the model once per thread (``tasks.sharding.model_cache``), build batches, run the shard kind's
 step (``STEPS``: one gdig_core call each), write the output atomically and then its sidecar. No
 method logic lives here."""
 
@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from gdig_core.config import GdigConfig
-from tasks import artifacts, storage
-from tasks.faults import inject, kill_point, with_oom_backoff
-from tasks.gpu_slots import gpu_slot
-from tasks.influence_calls import score_shard_call
-from tasks.model_cache import loaded_model
-from tasks.result_store import publish_segment
-from tasks.shards import ShardJob, ShardKind, mark_done
-from tasks.stage_keys import stage_calls
+from tasks.caching.stage_keys import stage_calls
+from tasks.runtime import artifacts
+from tasks.runtime.faults import inject, kill_point, with_oom_backoff
+from tasks.runtime.gpu_slots import gpu_slot
+from tasks.sharding import storage
+from tasks.sharding.influence_calls import score_shard_call
+from tasks.sharding.jobs import ShardJob, ShardKind, mark_done
+from tasks.sharding.model_cache import loaded_model
+from tasks.sharding.result_store import publish_segment
 
 
 def cache_root() -> Path:
@@ -69,7 +70,7 @@ def _scores(ctx: ShardContext, batches: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Step:
-    """What one shard kind runs: the stage whose key calls it uses (``tasks.stage_keys``), the
+    """What one shard kind runs: the stage whose key calls it uses (``tasks.caching.stage_keys``), the
     step itself, and whether its output is a result-store segment (its sidecar lists the rows'
     content keys) rather than a plain shard file."""
 
@@ -78,7 +79,7 @@ class Step:
     segment: bool
 
 
-#: Shard kind -> step. Adding a kind touches this table and ``tasks.shards.ShardKind``.
+#: Shard kind -> step. Adding a kind touches this table and ``tasks.sharding.jobs.ShardKind``.
 STEPS: dict[ShardKind, Step] = {
     "curvature_stats": Step("curvature", _covariance, segment=False),
     "lambda_stats": Step("curvature", _lambda, segment=False),
@@ -99,7 +100,7 @@ def run_shard(job: ShardJob) -> dict[str, Any]:
 def execute_job(job: ShardJob) -> dict[str, Any]:
     """Compute one shard into ``job.output``; returns a small JSON-able summary.
 
-    The method functions are called through the stage's key calls (``tasks.stage_keys``), so the
+    The method functions are called through the stage's key calls (``tasks.caching.stage_keys``), so the
     configuration a shard runs with is the one its stage's cache key covers."""
     from gdig_core.hooks import layer_shape
 
