@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = PROJECT_ROOT / "configs" / "test-tiny.yaml"
 PY = sys.executable
 
