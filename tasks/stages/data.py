@@ -14,7 +14,9 @@ from tasks.caching.stage_keys import key_parts, stage_calls
 from tasks.runtime import artifacts
 from tasks.runtime.faults import kill_point
 from tasks.runtime.gpu_slots import gpu_slot
+from tasks.runtime.records import record
 from tasks.stages.common import TASK_OPTS, model_fingerprint, pool_hash, raw_file_hashes, stage_state
+from tasks.stages.pins import pinned_reference
 
 
 def _raw_inputs(cfg: GdigConfig) -> dict[str, str]:
@@ -91,9 +93,6 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
     if not cfg.reference.enabled:
         return base
     if cfg.pin.reference is not None:  # verified when the run began (tasks.stages.pins.check_pins)
-        from tasks.runtime.records import record
-        from tasks.stages.pins import pinned_reference
-
         model = pinned_reference(cfg)
         record("pinned", "reference", dir=cfg.pin.reference.dir, hash=model[1])
         return model

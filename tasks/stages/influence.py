@@ -16,8 +16,10 @@ from tasks.runtime import artifacts
 from tasks.runtime.gpu_slots import gpu_slot
 from tasks.runtime.records import record
 from tasks.sharding import storage
+from tasks.sharding.influence_calls import precondition_call
 from tasks.sharding.jobs import ShardJob, ShardKind, plan, shard_output
 from tasks.sharding.mapping import map_shards
+from tasks.sharding.model_cache import loaded_model
 from tasks.stages.common import TASK_OPTS, pool_hash, seed_hash, stage_state
 from tasks.stages.files import (
     factor_file,
@@ -26,6 +28,7 @@ from tasks.stages.files import (
     projected_factor_file,
     scoring_factor_file,
 )
+from tasks.stages.pins import pinned_factors
 
 
 def shard_root(cfg: GdigConfig, work: Path, stage: str) -> str:
@@ -61,7 +64,6 @@ def local_copies(locations: list[str], work: Path) -> list[Path]:
 def tracked_modules_task(cfg: GdigConfig, checkpoint: str) -> dict[str, tuple[int, int]]:
     """The tracked layers, in order, with the (out, in) shape of their gradients."""
     from gdig_core.hooks import layer_shape, select_tracked_modules
-    from tasks.sharding.model_cache import loaded_model
 
     model, _ = loaded_model(cfg, checkpoint)
     return {name: layer_shape(m) for name, m in select_tracked_modules(model, cfg.curvature).items()}
@@ -132,8 +134,6 @@ def curvature_stage(
     calls = stage_calls("curvature", cfg)
 
     if label_pinned := cfg.pin.factors.get(model_label):
-        from tasks.stages.pins import pinned_factors
-
         result = pinned_factors(cfg, model_label, reference)
         record("pinned", f"curvature/{model_label}", key=result.key, dir=label_pinned.dir)
         return result
@@ -181,8 +181,6 @@ def precondition_task(
     model_label: str = "reference",
 ) -> StageOutput:
     """H^-1 grad of every seed example under each needed preconditioner, once (the seed set is small)."""
-    from tasks.sharding.influence_calls import precondition_call
-
     methods = needed_methods(cfg)
     files = [scoring_factor_file(cfg, m) for m in methods]  # projected ones on the store path
 
