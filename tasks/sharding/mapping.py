@@ -27,8 +27,9 @@ class ShardsFailed(RuntimeError):
 
 
 @task(name="shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
-def run_shard_local(job: ShardJob, gpu_limit: str) -> dict[str, Any]:
-    """One shard in this process, holding a slot of the GPU concurrency limit while it works."""
+def run_shard_local(job: ShardJob) -> dict[str, Any]:
+    """One shard in this process, holding a slot of the GPU concurrency limit (named in the job's
+    config) while it works."""
     return run_shard(job)
 
 
@@ -87,11 +88,11 @@ def map_shards(label: str, jobs: list[ShardJob], orch: OrchestrationConfig, note
     progress_id = artifacts.progress(key, (total - len(todo)) / total if total else 1.0,
                                      f"{label}: {total - len(todo)}/{total} shards finished{tail}")
     runner = _configured(orch)
-    target = orch.shard_deployment if orch.shard_mode == "deployment" else orch.gpu_concurrency_limit
+    extra = (orch.shard_deployment,) if orch.shard_mode == "deployment" else ()
     futures = {}
     for job in todo:
         named = runner.with_options(task_run_name=f"{label}-shard-{job.index:05d}")
-        futures[named.submit(job, target)] = job
+        futures[named.submit(job, *extra)] = job
     failures: list[tuple[ShardJob, BaseException]] = []
     with tqdm(total=total, initial=total - len(todo), desc=label, unit="shard", file=sys.stderr, leave=False) as bar:
         for fut in as_completed(list(futures)):

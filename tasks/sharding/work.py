@@ -1,7 +1,7 @@
 """The body of one shard, shared by the in-process task and the shard deployment's flow: fetch the
-inputs, load the model once per thread (``tasks.sharding.model_cache``), build batches, run the shard kind's
-step (``STEPS``: one gdig_core call each), write the output atomically and then its sidecar. No
-method logic lives here."""
+inputs, load the model once per thread (``tasks.sharding.model_cache``), build batches, run the
+shard kind's step (``STEPS``: one gdig_core call each), write the output atomically and then its
+sidecar. No method logic lives here."""
 
 from __future__ import annotations
 
