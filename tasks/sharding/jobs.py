@@ -1,5 +1,5 @@
-"""Shard planning and verification: which rows a shard covers, where its output goes, and whether
-an existing output is complete. Outputs get a sidecar ``<file>.done.json`` written after the file
+"""Shard planning and verification: which rows a shard covers, where its inputs and output go, and
+whether an existing output is complete. Outputs get a sidecar ``<file>.done.json`` written after the file
 itself with the file's size and content digest: "sidecar present and the file's bytes hash to
 its digest" means the shard finished and nothing changed it since (a same-size bit flip too)."""
 
@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from gdig_core.config import GdigConfig
 from gdig_core.integrity import file_digest, stream_digest
 from tasks.runtime.records import record
 from tasks.sharding import storage
@@ -47,6 +48,25 @@ def plan(n_rows: int, shard_size: int) -> list[tuple[int, int]]:
 
 def shard_output(root: str, kind: ShardKind, index: int) -> str:
     return storage.join(root, f"shard-{index:05d}{SUFFIX[kind]}")
+
+
+def shard_root(cfg: GdigConfig, work: Path, stage: str) -> str:
+    """Shard outputs: the stage's work dir, or shared storage when workers run elsewhere."""
+    if cfg.orchestration.shared_storage:
+        return storage.join(cfg.orchestration.shared_storage, "shards", stage, work.name.removesuffix(".work"))
+    root = work / "shards" / stage
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root)
+
+
+def stage_inputs(cfg: GdigConfig, files: dict[str, tuple[Path, str]]) -> dict[str, str]:
+    """Locations workers can read, by name (uploaded to shared storage when it is a URL)."""
+    return {name: storage.stage_in(path, cfg.orchestration.shared_storage, digest) for name, (path, digest) in files.items()}
+
+
+def local_copies(locations: list[str], work: Path) -> list[Path]:
+    """Local paths of finished shard outputs (fetched into the stage's work dir when remote)."""
+    return [storage.fetch(loc, work / "fetched") for loc in locations]
 
 
 def sidecar(location: str) -> str:

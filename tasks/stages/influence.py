@@ -15,9 +15,16 @@ from tasks.caching.stage_keys import key_parts, stage_calls
 from tasks.runtime import artifacts
 from tasks.runtime.gpu_slots import gpu_slot
 from tasks.runtime.records import record
-from tasks.sharding import storage
 from tasks.sharding.influence_calls import precondition_call
-from tasks.sharding.jobs import ShardJob, ShardKind, plan, shard_output
+from tasks.sharding.jobs import (
+    ShardJob,
+    ShardKind,
+    local_copies,
+    plan,
+    shard_output,
+    shard_root,
+    stage_inputs,
+)
 from tasks.sharding.mapping import map_shards
 from tasks.sharding.model_cache import loaded_model
 from tasks.stages.common import TASK_OPTS, pool_hash, seed_hash, stage_state
@@ -31,20 +38,6 @@ from tasks.stages.files import (
 from tasks.stages.pins import pinned_factors
 
 
-def shard_root(cfg: GdigConfig, work: Path, stage: str) -> str:
-    """Shard outputs: the stage's work dir, or shared storage when workers run elsewhere."""
-    if cfg.orchestration.shared_storage:
-        return storage.join(cfg.orchestration.shared_storage, "shards", stage, work.name.removesuffix(".work"))
-    root = work / "shards" / stage
-    root.mkdir(parents=True, exist_ok=True)
-    return str(root)
-
-
-def stage_inputs(cfg: GdigConfig, files: dict[str, tuple[Path, str]]) -> dict[str, str]:
-    """Locations workers can read, by name (uploaded to shared storage when it is a URL)."""
-    return {name: storage.stage_in(path, cfg.orchestration.shared_storage, digest) for name, (path, digest) in files.items()}
-
-
 def _jobs(
     cfg: GdigConfig, kind: ShardKind, n_rows: int, shard_size: int, root: str, key: str, inputs: dict[str, str]
 ) -> list[ShardJob]:
@@ -54,10 +47,6 @@ def _jobs(
                  output=shard_output(root, kind, i))
         for i, (s, e) in enumerate(plan(n_rows, shard_size))
     ]
-
-
-def local_copies(locations: list[str], work: Path) -> list[Path]:
-    return [storage.fetch(loc, work / "fetched") for loc in locations]
 
 
 @task(name="tracked-modules", **TASK_OPTS)

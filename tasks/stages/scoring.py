@@ -28,12 +28,11 @@ from tasks.caching.stage_cache import StageOutput, code_version, run_stage, stag
 from tasks.caching.stage_keys import key_parts, stage_calls
 from tasks.runtime import artifacts
 from tasks.sharding import storage
-from tasks.sharding.jobs import ShardJob, ShardKind, plan
+from tasks.sharding.jobs import ShardJob, ShardKind, plan, stage_inputs
 from tasks.sharding.mapping import map_shards
 from tasks.sharding.result_store import StoreIndex, index_store, publish_segment, read_verified, store_root
 from tasks.stages.common import pool_hash
 from tasks.stages.files import needed_methods, precond_file, scoring_factor_file
-from tasks.stages.influence import stage_inputs
 
 
 def _context(name: str, inputs: dict[str, str], cfg: GdigConfig) -> str:
