@@ -195,7 +195,7 @@ def phase_overrides(budgets: list[int], max_seeds: int) -> list[list[str]]:
 
 
 def records(run_dir: Path) -> list[dict[str, Any]]:
-    from tasks.records import read_records
+    from tasks.runtime.records import read_records
 
     return [r for p in sorted((run_dir / "records").glob("*.jsonl")) for r in read_records(p)]
 

@@ -3,7 +3,7 @@
 data -> base/reference model -> curvature -> seed preconditioning -> sharded scoring ->
 selection (every method and budget) -> downstream finetunes -> evaluation -> report.
 
-Every stage is cached across flow runs by content (see ``tasks.stage_cache``): a rerun with one
+Every stage is cached across flow runs by content (see ``tasks.caching.stage_cache``): a rerun with one
 changed setting recomputes only what depends on it. The flow's parameter is the pydantic
 ``GdigConfig``, so the Prefect UI shows it as a form.
 """
@@ -18,17 +18,17 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from gdig_core.config import GdigConfig, MethodSpec
-from tasks import artifacts
-from tasks.data_tasks import base_model_task, prepare_data_task, reference_task
-from tasks.downstream_tasks import evaluate_task, finetune_task, select_task
-from tasks.influence_tasks import curvature_stage, precondition_task
-from tasks.pins import pins_of
-from tasks.publish import publish_outputs
-from tasks.records import start_records
-from tasks.report_tasks import report_task
-from tasks.run_start import begin_run
-from tasks.scoring_stage import scoring_stage
-from tasks.stage_cache import StageOutput
+from tasks.caching.stage_cache import StageOutput
+from tasks.runtime import artifacts
+from tasks.runtime.records import start_records
+from tasks.stages.data import base_model_task, prepare_data_task, reference_task
+from tasks.stages.downstream import evaluate_task, finetune_task, select_task
+from tasks.stages.influence import curvature_stage, precondition_task
+from tasks.stages.pins import pins_of
+from tasks.stages.publish import publish_outputs
+from tasks.stages.report import report_task
+from tasks.stages.run_start import begin_run
+from tasks.stages.scoring import scoring_stage
 
 Model = tuple[str, str]  # (path or hub id, content fingerprint)
 

@@ -9,15 +9,12 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.shards import ShardJob
+from tasks.sharding.jobs import ShardJob
+from tasks.sharding.work import run_shard
 
 
 @flow(name="gdig-shard", persist_result=False, log_prints=True)
 def shard_flow(job: ShardJob) -> dict[str, Any]:
-    """Compute one shard and write it (then its ``.done.json`` sidecar) to ``job.output``."""
-    from tasks.gpu_slots import hold_gpu_slot
-    from tasks.shard_work import execute_job
-
-    # The same global limit as in-process shards: GPUs are not oversubscribed whoever runs them.
-    with hold_gpu_slot(job.config.get("orchestration", {}), f"{job.kind} shard {job.index}"):
-        return execute_job(job)
+    """Compute one shard and write it (then its ``.done.json`` sidecar) to ``job.output``, under
+    the same global GPU limit as in-process shards."""
+    return run_shard(job)

@@ -43,9 +43,9 @@ def run_config(cfg: GdigConfig, command: str, as_json: bool) -> int:
     """Check, lock and run the pipeline on ``cfg``; print where its outputs are (``gdig run`` and
     ``gdig rescore``). ``command`` is quoted in the report."""
     from gdig_core.preflight import preflight
-    from tasks.env import configure_local_prefect
-    from tasks.pins import check_pins
-    from tasks.run_lock import RunDirLocked, run_lock
+    from tasks.runtime.env import configure_local_prefect
+    from tasks.runtime.run_lock import RunDirLocked, run_lock
+    from tasks.stages.pins import check_pins
 
     if cfg.orchestration.shard_mode == "deployment" and not os.environ.get("PREFECT_API_URL"):
         # An ephemeral server has no workers: shard runs would wait forever.

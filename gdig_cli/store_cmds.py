@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def rescore_config(run_dir: Path, seed: str, seed_tgt: str | None, overrides: list[str]):  # noqa: ANN201
     """The run's latest configuration on the store path with the new seed set."""
     from gdig_core.config import ConfigError, load_config
-    from tasks.run_start import RUN_CONFIG
+    from tasks.stages.run_start import RUN_CONFIG
 
     saved = run_dir / RUN_CONFIG
     if not saved.exists():
@@ -48,7 +48,7 @@ def rescore_config(run_dir: Path, seed: str, seed_tgt: str | None, overrides: li
 def rescore(args: argparse.Namespace) -> int:
     from gdig_cli.run_cmd import run_config
     from gdig_core.config import ConfigError, load_config
-    from tasks.run_start import RUN_CONFIG
+    from tasks.stages.run_start import RUN_CONFIG
 
     run_dir = Path(args.run_dir).resolve()
     saved = run_dir / RUN_CONFIG

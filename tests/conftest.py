@@ -1,14 +1,14 @@
-"""Shared fixtures: the real data directory (beside the project, never committed) and tiny models."""
+"""Shared fixtures: the real data directory (beside the project, never committed), tiny models, one
+torch thread; the orchestration fixtures come from prefect_fixtures.py."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("GDIG_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data" / "mt"))
+from paths import DATA_DIR
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -33,6 +33,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
     table = read_dataset(DatasetSpec(path="de-en/pool.wmt17-20.jsonl", sample=500), cfg, "pool").table
     texts = table.column("src").to_pylist() + table.column("tgt").to_pylist()
     return build_tiny_model(TinyModelConfig(vocab_size=800), texts, tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread; two threads on a busy 2-core machine were 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # Orchestration fixtures (a real Prefect server, workers, pipeline runs) live in their own module.

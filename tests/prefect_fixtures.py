@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = PROJECT_ROOT / "configs" / "test-tiny.yaml"
 PY = sys.executable
 
@@ -110,7 +110,7 @@ class PipelineRun:
     outputs: dict[str, Any] | None
 
     def records(self) -> list[dict[str, Any]]:
-        from tasks.records import latest_records, read_records
+        from tasks.runtime.records import latest_records, read_records
 
         return read_records(latest_records(self.run_dir))
 

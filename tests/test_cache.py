@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prefect_fixtures import copy_run, run_pipeline, selected_ids
 
-from tasks.stage_cache import run_stage, verify_manifest
+from tasks.caching.stage_cache import run_stage, verify_manifest
 
 UPSTREAM = ["data", "base-model", "reference", "curvature"]
 ALL = ["data", "base-model", "reference", "curvature", "precondition", "scoring", "selection", "finetune",
@@ -113,7 +113,7 @@ def test_rerun_recomputes_only_what_changed(prefect_server, baseline_run, tmp_pa
 
 
 def test_code_version_ignores_docs_and_formatting(tmp_path: Path, monkeypatch) -> None:
-    from tasks import stage_cache
+    from tasks.caching import stage_cache
 
     mod = tmp_path / "m.py"
     monkeypatch.setattr(stage_cache, "PROJECT_ROOT", tmp_path)
@@ -136,9 +136,9 @@ def test_shared_cache_entry_keeps_each_callers_labels(tmp_path: Path, monkeypatc
 
     from gdig_core.config import GdigConfig
     from gdig_core.data import write_pairs
-    from tasks.downstream_tasks import finetune_task
-    from tasks.stage_cache import StageOutput
-    from tasks.stage_keys import CoreCall
+    from tasks.caching.stage_cache import StageOutput
+    from tasks.caching.stage_keys import CoreCall
+    from tasks.stages.downstream import finetune_task
 
     calls = []
 
@@ -168,7 +168,7 @@ def test_code_version_is_safe_from_a_thread_pool(monkeypatch) -> None:
     thread-safe (it failed a real pipeline run with 'AST constructor recursion depth mismatch')."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks import stage_cache
+    from tasks.caching import stage_cache
 
     sets = [("gdig_core/selection.py",), ("gdig_core/influence.py", "gdig_core/curvature.py"),
             ("gdig_core/training.py", "gdig_core/evaluation.py", "gdig_core/generation.py")] * 8

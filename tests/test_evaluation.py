@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sacrebleu
 import torch
+from paths import DATA_DIR
 
 from gdig_core.config import GdigConfig
 from gdig_core.config import TestSetSpec as SetSpec  # (pytest would try to collect "Test*")
@@ -26,16 +27,10 @@ from gdig_core.evaluation import (
 from gdig_core.generation import EndOfLineCriteria, cut_translation, generate_translations
 from gdig_core.metrics import bleu_tokenizer, check_comet_model, comet_available, comet_score, corpus_metrics
 
-DATA_DIR = Path(__file__).parents[1].parent / "shared/data/mt"
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_rows() -> list[dict[str, str]]:

@@ -1,6 +1,7 @@
-"""The pipeline flow's machinery: shard skip/verify, kill-and-resume, a shard that keeps failing,
-CUDA-OOM batch halving, the UI form, the report. End-to-end tests run ``gdig run`` as a process
-against a real Prefect server on the tiny config; unit tests call the helpers directly."""
+"""The pipeline flow's machinery: kill-and-resume, a shard that keeps failing, the UI form and the
+deployments' parameters. End-to-end tests run ``gdig run`` as a process against a real Prefect
+server on the tiny config. Shard planning and sidecars: test_shards.py; shared storage:
+test_storage.py; OOM halving and retries: test_faults.py; the report: test_report.py."""
 
 from __future__ import annotations
 
@@ -16,60 +17,11 @@ import yaml
 from prefect_fixtures import PROJECT_ROOT, copy_run, pipeline_cmd, run_pipeline, selected_ids
 
 from gdig_core.config import GdigConfig, load_config
-from tasks.faults import TransientError, is_transient, with_oom_backoff
-from tasks.shards import mark_done, plan, read_done
 
 UP_TO_PRECONDITION = ["data", "base-model", "reference", "curvature", "precondition"]
 
 
 # ---------------------------------------------------------------- units
-
-
-def test_plan_covers_every_row_once() -> None:
-    assert plan(10, 4) == [(0, 4), (4, 8), (8, 10)]
-    assert plan(8, 4) == [(0, 4), (4, 8)]
-    assert plan(0, 4) == []
-
-
-def test_shard_sidecar_verifies_output(tmp_path: Path) -> None:
-    out = tmp_path / "shard-00000.parquet"
-    assert read_done(str(out)) is None
-    out.write_bytes(b"x" * 100)
-    assert read_done(str(out)) is None  # no sidecar: the shard never finished
-    mark_done(out, str(out), {"n": 3})
-    assert read_done(str(out))["summary"] == {"n": 3}
-    out.write_bytes(b"x" * 40 + b"y" * 10 + b"x" * 50)  # same size, changed in place
-    assert read_done(str(out)) is None
-    out.write_bytes(b"x" * 50)  # truncated after the fact
-    assert read_done(str(out)) is None
-    out.unlink()
-    assert read_done(str(out)) is None
-
-
-def test_oom_halves_the_batch_until_it_fits() -> None:
-    seen = []
-
-    def run(bs: int) -> int:
-        seen.append(bs)
-        if bs > 3:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return bs
-
-    assert with_oom_backoff(run, 16) == 2 and seen == [16, 8, 4, 2]
-    with pytest.raises(ValueError):
-        with_oom_backoff(lambda bs: (_ for _ in ()).throw(ValueError("bug")), 16)
-
-    def always(bs: int) -> int:
-        raise RuntimeError("CUDA out of memory")
-
-    with pytest.raises(RuntimeError, match="out of memory"):
-        with_oom_backoff(always, 4)
-
-
-def test_transient_classification() -> None:
-    assert is_transient(OSError("nfs hiccup")) and is_transient(TransientError("worker lost"))
-    assert is_transient(ConnectionError()) and is_transient(TimeoutError())
-    assert not is_transient(ValueError("a bug")) and not is_transient(KeyError("x"))
 
 
 def test_pipeline_parameters_are_a_form() -> None:
@@ -90,32 +42,6 @@ def test_prefect_yaml_parameters_validate() -> None:
     assert cfg.orchestration.shard_mode == "deployment"
     assert cfg.orchestration.shard_deployment == "gdig-shard/" + names["gdig-shard"]["name"]
     assert load_config(PROJECT_ROOT / "configs" / "test-tiny.yaml").data.pool.sample == 64
-
-
-def test_report_tables_and_plot(tmp_path: Path) -> None:
-    from gdig_core.report import build_report
-
-    evals = [
-        {"method": "zero-shot", "budget": 0, "size": 0, "seed": None,
-         "metrics": {"flores": {"bleu": 1.0, "chrf": 20.0}, "wmt22": {"bleu": 0.5, "chrf": 18.0}}},
-        {"method": "gdig", "budget": 100, "size": 100, "seed": 0,
-         "metrics": {"flores": {"bleu": 7.0, "chrf": 31.0}, "wmt22": {"bleu": 6.0, "chrf": 30.0}}},
-        {"method": "gdig", "budget": 100, "size": 100, "seed": 1,
-         "metrics": {"flores": {"bleu": 9.0, "chrf": 33.0}, "wmt22": {"bleu": 8.0, "chrf": 32.0}}},
-        {"method": "random", "budget": 100, "size": 100, "seed": 0,
-         "metrics": {"flores": {"bleu": 5.0, "chrf": 29.0}, "wmt22": {"bleu": 4.0, "chrf": 27.0}}},
-    ]
-    sels = [{"method": "gdig", "budget": 100, "size": 100, "clean_share": 0.9},
-            {"method": "random", "budget": 100, "size": 100, "clean_share": 0.7}]
-    result = build_report(evals, sels, tmp_path)
-    rows = {r["method"]: r for r in result["rows"]}
-    assert rows["gdig"]["flores/bleu"] == pytest.approx(8.0) and rows["gdig"]["seeds"] == 2
-    assert rows["random"]["clean_share"] == 0.7 and rows["zero-shot"]["wmt22/chrf"] == 18.0
-    assert [r["method"] for r in result["rows"]] == ["zero-shot", "gdig", "random"]
-    md = (tmp_path / "report.md").read_text()
-    assert "| method | kind | model | budget |" in md and "flores/bleu" in md
-    assert (tmp_path / "report.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "comparison.json").read_text())[1]["method"] == "gdig"
 
 
 # ---------------------------------------------------------------- end to end

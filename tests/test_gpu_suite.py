@@ -95,7 +95,7 @@ def test_tiny_suite_runs_every_part_and_keeps_partial_results(tmp_path: Path) ->
     assert "## Report of the last complete phase (2)" in (out / "evidence.md").read_text()
     assert (out / "evidence.png").stat().st_size > 0
     # The second phase recomputed only what budget 16 adds: data, models and scores were cached.
-    from tasks.records import read_records
+    from tasks.runtime.records import read_records
 
     second = read_records(sorted((run / "records").glob("*.jsonl"), key=lambda p: p.stat().st_mtime)[-1])
     computed = {r["stage"] for r in second if r["event"] == "computed"}

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import PROJECT_ROOT
 
 from gdig_core.config import ModelConfig, TinyModelConfig, load_config
 from gdig_core.encoding import collate, encode_pairs
 from gdig_core.io import tree_sha256
 from gdig_core.models import GEMMA_ALIAS, build_tiny_model, gemma_checkpoint, load_model
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["Das Haus ist klein.", "The house is small.", "Guten Morgen, wie geht es?", "Good morning, how are you?"] * 20
 
 

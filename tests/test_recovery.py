@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from paths import PROJECT_ROOT
 
 from gdig_core.config import ConfigError, GdigConfig, load_config
 from gdig_core.names import PathEscapeError, check_safe_name, inside
-from tasks.run_lock import RunDirLocked, acquire, release
-from tasks.stage_cache import run_stage, sweep_temporaries
+from tasks.caching.stage_cache import run_stage, sweep_temporaries
+from tasks.runtime.run_lock import RunDirLocked, acquire, release
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY = PROJECT_ROOT / "configs" / "test-tiny.yaml"
 
 
@@ -61,7 +61,7 @@ def test_sweep_removes_what_killed_runs_left(tmp_path: Path) -> None:
 
 _HOLD = """
 import sys, time
-from tasks.run_lock import acquire
+from tasks.runtime.run_lock import acquire
 acquire(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)

@@ -1,6 +1,9 @@
-"""The report's evidence: spread over seeds, the verdict against baselines, AUC of every score."""
+"""The report: its tables and plot, the spread over seeds, the verdict against baselines, AUC of every score."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -77,3 +80,27 @@ def test_auc_rows_and_histograms_from_a_score_shard(tmp_path) -> None:
     pool = pa.table({"id": ids, "src": ["Das ist gut."] * 6, "tgt": ["That is good."] * 5 + ["Das ist gut."]})
     _, with_text = all_scores(pool, {"base": table}, "en")
     assert with_text["not a copy"][5] < with_text["not a copy"][0]
+
+
+def test_report_tables_and_plot(tmp_path: Path) -> None:
+    evals = [
+        {"method": "zero-shot", "budget": 0, "size": 0, "seed": None,
+         "metrics": {"flores": {"bleu": 1.0, "chrf": 20.0}, "wmt22": {"bleu": 0.5, "chrf": 18.0}}},
+        {"method": "gdig", "budget": 100, "size": 100, "seed": 0,
+         "metrics": {"flores": {"bleu": 7.0, "chrf": 31.0}, "wmt22": {"bleu": 6.0, "chrf": 30.0}}},
+        {"method": "gdig", "budget": 100, "size": 100, "seed": 1,
+         "metrics": {"flores": {"bleu": 9.0, "chrf": 33.0}, "wmt22": {"bleu": 8.0, "chrf": 32.0}}},
+        {"method": "random", "budget": 100, "size": 100, "seed": 0,
+         "metrics": {"flores": {"bleu": 5.0, "chrf": 29.0}, "wmt22": {"bleu": 4.0, "chrf": 27.0}}},
+    ]
+    sels = [{"method": "gdig", "budget": 100, "size": 100, "clean_share": 0.9},
+            {"method": "random", "budget": 100, "size": 100, "clean_share": 0.7}]
+    result = build_report(evals, sels, tmp_path)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["gdig"]["flores/bleu"] == pytest.approx(8.0) and rows["gdig"]["seeds"] == 2
+    assert rows["random"]["clean_share"] == 0.7 and rows["zero-shot"]["wmt22/chrf"] == 18.0
+    assert [r["method"] for r in result["rows"]] == ["zero-shot", "gdig", "random"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| method | kind | model | budget |" in md and "flores/bleu" in md
+    assert (tmp_path / "report.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "comparison.json").read_text())[1]["method"] == "gdig"

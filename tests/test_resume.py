@@ -2,7 +2,7 @@
 
 ``gdig run`` runs as a process with the local ephemeral Prefect server (no PREFECT_API_URL), as
 a user would, and kills its own process group (SIGKILL: nothing gets to clean up) at a chosen
-point (``GDIG_FAULTS={"kill": ...}``, see ``tasks.faults.kill_point``). Every rerun has a time
+point (``GDIG_FAULTS={"kill": ...}``, see ``tasks.runtime.faults.kill_point``). Every rerun has a time
 limit, so a hang fails the test instead of stalling it. Deployment-mode checks run against the
 session's standing server."""
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prefect_fixtures import PROJECT_ROOT, base_env, pipeline_cmd, run_pipeline
 
-from tasks.records import read_records
+from tasks.runtime.records import read_records
 
 #: A complete tiny run takes about a minute here; five times that means it hangs.
 RUN_LIMIT = 300

@@ -15,9 +15,9 @@ import pytest
 from gdig_core.config import GdigConfig, PinConfig, PinnedStage
 from gdig_core.row_store import assemble, content_keys, segment_name, unique_rows
 from gdig_core.scores import ScoreBatch, ScoreShardWriter, read_scores
-from tasks.pins import PinError, check_pins, pinned_output, pins_of
-from tasks.result_store import index_store, publish_segment, read_verified
-from tasks.stage_cache import run_stage
+from tasks.caching.stage_cache import run_stage
+from tasks.sharding.result_store import index_store, publish_segment, read_verified
+from tasks.stages.pins import PinError, check_pins, pinned_output, pins_of
 
 
 def _pairs(ids: list[str], texts: list[str]) -> pa.Table:

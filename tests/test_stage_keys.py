@@ -17,8 +17,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from gdig_core.config import GdigConfig, PinnedStage
-from tasks import stage_cache
-from tasks.stage_keys import STAGES, key_parts, stage_calls
+from tasks.caching import stage_cache
+from tasks.caching.stage_keys import STAGES, key_parts, stage_calls
 
 _PROMPT = ["prompt.*"]
 _MODEL_ALL = ["model.name", "model.dtype", "model.trust_remote_code", "model.add_bos", "model.tiny.*"]
@@ -286,7 +286,7 @@ def test_editing_each_core_module_changes_exactly_the_stages_that_import_it(monk
 def test_config_field_declarations_are_not_code(tmp_path: Path, monkeypatch) -> None:
     """Adding a setting to config.py must not recompute every stage: its value is in the keys of
     the stages that read it. A changed method of config.py (language names) still counts."""
-    from tasks import key_derivation
+    from tasks.caching import key_derivation
 
     config = tmp_path / "gdig_core" / "config.py"
     config.parent.mkdir()
@@ -301,8 +301,8 @@ def test_config_field_declarations_are_not_code(tmp_path: Path, monkeypatch) -> 
 
 
 def test_core_calls_must_be_method_functions() -> None:
-    from tasks.publish import publish_outputs
-    from tasks.stage_keys import CoreCall
+    from tasks.caching.stage_keys import CoreCall
+    from tasks.stages.publish import publish_outputs
 
     with pytest.raises(ValueError, match="gdig_core functions only"):
         CoreCall(publish_outputs)

@@ -8,22 +8,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from paths import DATA_DIR
 from safetensors.torch import load_file
 
 from gdig_core.config import GdigConfig, LoraConfig, TinyModelConfig, TrainConfig
 from gdig_core.training import checkpoint_root, finetune, lr_lambda
 
-DATA_DIR = Path(__file__).parents[1].parent / "shared/data/mt"
 POOL = DATA_DIR / "de-en/pool.wmt17-20.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread; two threads on a busy 2-core machine were 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(max_length: int = 128) -> GdigConfig:

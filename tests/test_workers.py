@@ -70,33 +70,3 @@ def test_shards_on_two_workers_match_in_process(prefect_server, baseline_run, tm
         text = (tmp_path / f"{name}.log").read_text()
         assert "gdig-shard" in text or "Completed" in text, text[-3000:]
     assert selected_ids(run_dir) == selected_ids(baseline_run.run_dir)
-
-
-def test_shared_storage_fsspec_url_round_trip(tmp_path: Path) -> None:
-    """Remote shared storage (here fsspec's in-memory filesystem): staged inputs, atomic shard
-    outputs with sidecars, and worker-side fetches."""
-    from tasks import storage
-    from tasks.shards import mark_done, read_done
-
-    root = "memory://gdig-test"
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text("{}")
-    (ckpt / "model.safetensors").write_bytes(b"w" * 64)
-    staged = storage.stage_in(ckpt, root, "abc123")
-    assert staged.startswith(root) and storage.exists(staged)
-    assert storage.stage_in(ckpt, root, "abc123") == staged  # content-addressed: uploaded once
-    local_copy = storage.fetch(staged, tmp_path / "cache")
-    assert (local_copy / "model.safetensors").read_bytes() == b"w" * 64
-
-    out = storage.join(root, "shards", "scores", "shard-00000.parquet")
-    produced = tmp_path / "shard.parquet"
-    produced.write_bytes(b"p" * 100)
-    assert read_done(out) is None
-    storage.put_file(produced, out)
-    assert read_done(out) is None  # output without sidecar: not done
-    mark_done(produced, out, {"n": 4})
-    assert read_done(out)["summary"] == {"n": 4}
-    assert storage.fetch(out, tmp_path / "cache").read_bytes() == b"p" * 100
-    # Without shared storage, workers read the run directory itself.
-    assert storage.stage_in(ckpt, None, "abc123") == str(ckpt.resolve())

@@ -1,7 +1,7 @@
 """What each stage's cache key covers, derived from the method functions the stage calls.
 
 Each stage names the ``gdig_core`` functions it runs and what it passes them
-(:func:`stage_calls`); everything else is derived (``tasks.key_derivation``): the config fields
+(:func:`stage_calls`); everything else is derived (``tasks.caching.key_derivation``): the config fields
 each function reads through the config objects it receives, and the ``gdig_core`` modules it
 imports. Plain values a stage passes (a method name, a budget, a shard size) enter the key as they
 are. The tasks call the functions through these same :class:`CoreCall` objects where they can,
@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gdig_core.config import GdigConfig
-from tasks.key_derivation import (
+from tasks.caching.key_derivation import (
     METHOD_PACKAGE,
     PROJECT_ROOT,
     config_reads,

@@ -1,6 +1,6 @@
-"""Curvature and seed preconditioning stages (scoring: tasks.scoring_stage). The sharded curvature
+"""Curvature and seed preconditioning stages (scoring: tasks.stages.scoring). The sharded curvature
 stage runs as flow-level code (it submits shard tasks); merging, eigendecomposition and
-preconditioning are tasks. Factors can be pinned from an earlier run (tasks.pins)."""
+preconditioning are tasks. Factors can be pinned from an earlier run (tasks.stages.pins)."""
 
 from __future__ import annotations
 
@@ -10,35 +10,32 @@ from typing import Any
 from prefect import task
 
 from gdig_core.config import GdigConfig
-from tasks import artifacts, storage
-from tasks.common import gpu_slot, stage_state
-from tasks.data_tasks import TASK_OPTS, pool_hash, sample_rows, seed_hash
-from tasks.records import record
-from tasks.shard_map import map_shards
-from tasks.shards import ShardJob, ShardKind, plan, shard_output
-from tasks.stage_cache import StageOutput, run_stage
-from tasks.stage_files import (
+from tasks.caching.stage_cache import StageOutput, run_stage
+from tasks.caching.stage_keys import key_parts, stage_calls
+from tasks.runtime import artifacts
+from tasks.runtime.gpu_slots import gpu_slot
+from tasks.runtime.records import record
+from tasks.sharding.influence_calls import precondition_call
+from tasks.sharding.jobs import (
+    ShardJob,
+    ShardKind,
+    local_copies,
+    plan,
+    shard_output,
+    shard_root,
+    stage_inputs,
+)
+from tasks.sharding.mapping import map_shards
+from tasks.sharding.model_cache import loaded_model
+from tasks.stages.common import TASK_OPTS, pool_hash, seed_hash, stage_state
+from tasks.stages.files import (
     factor_file,
     needed_methods,
     precond_file,
     projected_factor_file,
     scoring_factor_file,
 )
-from tasks.stage_keys import key_parts, stage_calls
-
-
-def shard_root(cfg: GdigConfig, work: Path, stage: str) -> str:
-    """Shard outputs: the stage's work dir, or shared storage when workers run elsewhere."""
-    if cfg.orchestration.shared_storage:
-        return storage.join(cfg.orchestration.shared_storage, "shards", stage, work.name.removesuffix(".work"))
-    root = work / "shards" / stage
-    root.mkdir(parents=True, exist_ok=True)
-    return str(root)
-
-
-def stage_inputs(cfg: GdigConfig, files: dict[str, tuple[Path, str]]) -> dict[str, str]:
-    """Locations workers can read, by name (uploaded to shared storage when it is a URL)."""
-    return {name: storage.stage_in(path, cfg.orchestration.shared_storage, digest) for name, (path, digest) in files.items()}
+from tasks.stages.pins import pinned_factors
 
 
 def _jobs(
@@ -52,15 +49,10 @@ def _jobs(
     ]
 
 
-def local_copies(locations: list[str], work: Path) -> list[Path]:
-    return [storage.fetch(loc, work / "fetched") for loc in locations]
-
-
 @task(name="tracked-modules", **TASK_OPTS)
 def tracked_modules_task(cfg: GdigConfig, checkpoint: str) -> dict[str, tuple[int, int]]:
     """The tracked layers, in order, with the (out, in) shape of their gradients."""
     from gdig_core.hooks import layer_shape, select_tracked_modules
-    from tasks.shard_work import loaded_model
 
     model, _ = loaded_model(cfg, checkpoint)
     return {name: layer_shape(m) for name, m in select_tracked_modules(model, cfg.curvature).items()}
@@ -124,10 +116,9 @@ def curvature_stage(
     orch = cfg.orchestration
     ccfg = cfg.curvature
     cov_pass, lambda_pass = _curvature_passes(cfg)
+    calls = stage_calls("curvature", cfg)
 
     if label_pinned := cfg.pin.factors.get(model_label):
-        from tasks.pins import pinned_factors
-
         result = pinned_factors(cfg, model_label, reference)
         record("pinned", f"curvature/{model_label}", key=result.key, dir=label_pinned.dir)
         return result
@@ -137,7 +128,7 @@ def curvature_stage(
         if not cov_pass:
             return finalize_task(cfg, modules, None, [], out)
         table = read_pairs(data.path("pool.parquet"))
-        table = table.take(sample_rows(table.num_rows, ccfg.sample, ccfg.sampling_seed))
+        table = table.take(calls["sample"](table.num_rows))
         sample_path = work / "curvature_sample.parquet"
         write_pairs(table, sample_path)
         from gdig_core.integrity import file_digest
@@ -159,7 +150,7 @@ def curvature_stage(
 
     result = run_stage(
         run_dir, "curvature", {"pool": pool_hash(data), "reference": reference[1]},
-        *key_parts(stage_calls("curvature", cfg)), compute, label=f"curvature/{model_label}",
+        *key_parts(calls), compute, label=f"curvature/{model_label}",
     )
     s = result.summary
     artifacts.table(artifacts.artifact_key("curvature-summary", model_label), [
@@ -175,13 +166,11 @@ def precondition_task(
     model_label: str = "reference",
 ) -> StageOutput:
     """H^-1 grad of every seed example under each needed preconditioner, once (the seed set is small)."""
-    from tasks.influence_calls import precondition_call
-
     methods = needed_methods(cfg)
     files = [scoring_factor_file(cfg, m) for m in methods]  # projected ones on the store path
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        with gpu_slot(cfg, "seed preconditioning"):
+        with gpu_slot(cfg.orchestration, "seed preconditioning"):
             return precondition_call(cfg, reference[0], data.path("seed.parquet"),
                                      {m: factors.path(f) for m, f in zip(methods, files, strict=True)},
                                      {m: out / precond_file(m) for m in methods})

@@ -1,5 +1,5 @@
 """The scoring stage: every pool candidate's benefit on every seed, computed only for the
-candidates the result store lacks (``tasks.result_store``), then written in pool order under the
+candidates the result store lacks (``tasks.sharding.result_store``), then written in pool order under the
 pool's ids (``gdig_core.row_store.assemble``).
 
 Two paths (``scoring.path``):
@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from gdig_core.config import GdigConfig
-from tasks import artifacts, storage
-from tasks.data_tasks import pool_hash
-from tasks.influence_tasks import stage_inputs
-from tasks.result_store import StoreIndex, index_store, publish_segment, read_verified, store_root
-from tasks.shard_map import map_shards
-from tasks.shards import ShardJob, ShardKind, plan
-from tasks.stage_cache import StageOutput, code_version, run_stage, stage_key
-from tasks.stage_files import needed_methods, precond_file, scoring_factor_file
-from tasks.stage_keys import key_parts, stage_calls
+from tasks.caching.stage_cache import StageOutput, code_version, run_stage, stage_key
+from tasks.caching.stage_keys import key_parts, stage_calls
+from tasks.runtime import artifacts
+from tasks.sharding import storage
+from tasks.sharding.jobs import ShardJob, ShardKind, plan, stage_inputs
+from tasks.sharding.mapping import map_shards
+from tasks.sharding.result_store import StoreIndex, index_store, publish_segment, read_verified, store_root
+from tasks.stages.common import pool_hash
+from tasks.stages.files import needed_methods, precond_file, scoring_factor_file
 
 
 def _context(name: str, inputs: dict[str, str], cfg: GdigConfig) -> str:
@@ -122,7 +122,7 @@ def _rescore(cfg: GdigConfig, keys: list[str], grads: StoreIndex, scores_root: s
             chunk = items[start:start + cfg.scoring.shard_size]
             chunk_keys = [key for key, _ in chunk]
             out = storage.join(scores_root, segment_name(chunk_keys))
-            local = storage.local(out) if not storage.is_url(out) else work / "rescored" / segment_name(chunk_keys)
+            local = storage.local_path(out) or work / "rescored" / segment_name(chunk_keys)
             summary = calls_rescore(cfg)(segment, np.array([row for _, row in chunk]), seeds, out_path=local)
             publish_segment(local, out, chunk_keys, summary)
         artifacts.update_progress(progress, done / len(groups), f"{what}, {done}/{len(groups)} store segments done; {note}")

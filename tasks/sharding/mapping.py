@@ -14,10 +14,12 @@ from prefect.tasks import exponential_backoff
 from tqdm import tqdm
 
 from gdig_core.config import OrchestrationConfig
-from tasks import artifacts
-from tasks.faults import TransientError, retry_condition
-from tasks.records import record
-from tasks.shards import ShardJob, read_done
+from tasks.runtime import artifacts
+from tasks.runtime.faults import TransientError, retry_condition
+from tasks.runtime.records import record
+from tasks.sharding.dispatch import await_shard_run, check_shard_deployment
+from tasks.sharding.jobs import ShardJob, read_done
+from tasks.sharding.work import run_shard
 
 
 class ShardsFailed(RuntimeError):
@@ -25,13 +27,10 @@ class ShardsFailed(RuntimeError):
 
 
 @task(name="shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
-def run_shard_local(job: ShardJob, gpu_limit: str) -> dict[str, Any]:
-    """One shard in this process, holding a slot of the GPU concurrency limit while it works."""
-    from tasks.gpu_slots import hold_gpu_slot
-    from tasks.shard_work import execute_job
-
-    with hold_gpu_slot(job.config.get("orchestration", {}), f"{job.kind} shard {job.index}"):
-        return execute_job(job)
+def run_shard_local(job: ShardJob) -> dict[str, Any]:
+    """One shard in this process, holding a slot of the GPU concurrency limit (named in the job's
+    config) while it works."""
+    return run_shard(job)
 
 
 @task(name="dispatch-shard", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
@@ -39,8 +38,6 @@ def run_shard_deployment(job: ShardJob, deployment: str) -> dict[str, Any]:
     """One shard as a run of the shard deployment (picked up by a worker); waits for it, within the
     bounds of ``orchestration.worker_wait_seconds`` and ``shard_timeout_seconds``."""
     from prefect.deployments import run_deployment
-
-    from tasks.shard_dispatch import await_shard_run, check_shard_deployment
 
     orch = OrchestrationConfig.model_validate(job.config.get("orchestration", {}))
     pool = check_shard_deployment(orch)
@@ -91,11 +88,11 @@ def map_shards(label: str, jobs: list[ShardJob], orch: OrchestrationConfig, note
     progress_id = artifacts.progress(key, (total - len(todo)) / total if total else 1.0,
                                      f"{label}: {total - len(todo)}/{total} shards finished{tail}")
     runner = _configured(orch)
-    target = orch.shard_deployment if orch.shard_mode == "deployment" else orch.gpu_concurrency_limit
+    extra = (orch.shard_deployment,) if orch.shard_mode == "deployment" else ()
     futures = {}
     for job in todo:
         named = runner.with_options(task_run_name=f"{label}-shard-{job.index:05d}")
-        futures[named.submit(job, target)] = job
+        futures[named.submit(job, *extra)] = job
     failures: list[tuple[ShardJob, BaseException]] = []
     with tqdm(total=total, initial=total - len(todo), desc=label, unit="shard", file=sys.stderr, leave=False) as bar:
         for fut in as_completed(list(futures)):

@@ -1,12 +1,15 @@
-"""The global GPU concurrency limit: create it, release slots a killed run can never release, and
-hold a slot with a bounded, explained wait.
+"""The global GPU concurrency limit, in one place: create it, release slots a killed run can never
+release, and hold a slot with a bounded, explained wait (``gpu_slot``: every GPU stage task and
+every shard, in-process or on a worker, holds one the same way). Its name, slot count, lease and
+wait bound are read from ``orchestration`` (``gdig_core.config.OrchestrationConfig``), never
+restated here.
 
 Why slots leak: a slot is held under a lease that the Prefect *server* keeps (in memory by
 default). With the local ephemeral server, the server is a child of ``gdig run``; killing the run
 kills the server and its leases, while the limit's ``active_slots`` count stays in the SQLite
 database under ``<run_dir>/.prefect``. No lease is left to expire, so a rerun would wait for that
 slot forever. That database serves only this run directory, and the run lock
-(``tasks.run_lock``) guarantees no other run uses it, so every active slot found there at the
+(``tasks.runtime.run_lock``) guarantees no other run uses it, so every active slot found there at the
 start of a run belongs to a dead run and is released.
 
 With a standing server, a killed run's lease stays in the server and expires after
@@ -20,7 +23,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from gdig_core.config import OrchestrationConfig
 
@@ -49,7 +51,7 @@ def prepare_gpu_limit(orch: OrchestrationConfig, run_dir: str | Path) -> int:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
 
-    from tasks import artifacts
+    from tasks.runtime import artifacts
 
     log = artifacts.logger()
     name = orch.gpu_concurrency_limit
@@ -89,15 +91,26 @@ def _advice(name: str, lease: float) -> str:
 
 
 @contextmanager
-def hold_gpu_slot(orch: OrchestrationConfig | dict[str, Any], what: str) -> Iterator[None]:
+def gpu_slot(orch: OrchestrationConfig, what: str = "GPU task") -> Iterator[None]:
+    """Hold one slot of the GPU limit for the block inside a Prefect run (a no-op outside one, as
+    under ``task.fn(...)`` in unit tests)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        yield
+        return
+    with hold_gpu_slot(orch, what):
+        yield
+
+
+@contextmanager
+def hold_gpu_slot(orch: OrchestrationConfig, what: str) -> Iterator[None]:
     """Hold one slot of the GPU limit for the block; wait at most ``gpu_slot_wait_seconds`` for it,
-    logging every 30 s what it waits for. ``orch`` may be the section or its dict (shard jobs)."""
+    logging every 30 s what it waits for."""
     from prefect.concurrency.sync import concurrency
 
-    from tasks import artifacts
+    from tasks.runtime import artifacts
 
-    if isinstance(orch, dict):
-        orch = OrchestrationConfig.model_validate(orch)
     name, lease, bound = orch.gpu_concurrency_limit, orch.gpu_lease_seconds, orch.gpu_slot_wait_seconds
     start = time.monotonic()
     acquired = False

@@ -1,17 +1,33 @@
-"""Small helpers shared by the stage tasks: model fingerprints, GPU slots, cached task states."""
+"""Small helpers shared by the stage tasks: their Prefect options, the content hashes of the
+prepared pool and seed, model fingerprints, cached task states."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gdig_core.config import GdigConfig
+from prefect.cache_policies import NO_CACHE
+
 from gdig_core.integrity import file_digest
 from gdig_core.io import text_sha256
+from tasks.caching.stage_cache import StageOutput
+from tasks.runtime.faults import retry_condition
+
+#: Every stage task: no Prefect result cache (stages cache by content, ``tasks.caching``), no
+#: persisted results, retries only for transient errors.
+TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
 
 _SMALL_FILE = 16 << 20
+
+
+def pool_hash(data: StageOutput) -> str:
+    """Content hash of the prepared pool (an input of every stage that reads it)."""
+    return data.summary["pool"]["content_hash"]
+
+
+def seed_hash(data: StageOutput) -> str:
+    """Content hash of the prepared seed set."""
+    return data.summary["seed"]["content_hash"]
 
 
 def model_fingerprint(path_or_id: str) -> str:
@@ -55,18 +71,3 @@ def stage_state(value: Any, cached: bool, what: str) -> Any:
     if not cached or TaskRunContext.get() is None:
         return value
     return Completed(data=value, name="Cached", message=f"{what}: verified outputs reused")
-
-
-@contextlib.contextmanager
-def gpu_slot(cfg: GdigConfig, what: str = "GPU task") -> Iterator[None]:
-    """Hold one slot of the global GPU concurrency limit, with a bounded wait (``tasks.gpu_slots``);
-    a no-op outside a Prefect run."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    from tasks.gpu_slots import hold_gpu_slot
-
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
-        yield
-        return
-    with hold_gpu_slot(cfg.orchestration, what):
-        yield

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,6 @@ def start_records(run_dir: str | Path, run_id: str) -> Path:
     return path
 
 
-def current_records() -> Path | None:
-    return _CURRENT.get("path")
-
-
 def record(event: str, stage: str, **fields: Any) -> None:
     """Append one event (``computed``, ``cached``, ``shard_computed``, ``shard_skipped``, ...)."""
     path = _CURRENT.get("path")
@@ -43,11 +38,6 @@ def record(event: str, stage: str, **fields: Any) -> None:
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def count_events(records: list[dict[str, Any]]) -> Counter:
-    """Counter keyed by ``(stage, event)``."""
-    return Counter((r["stage"], r["event"]) for r in records)
 
 
 def latest_records(run_dir: str | Path) -> Path:

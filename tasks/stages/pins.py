@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from gdig_core.config import ConfigError, GdigConfig, PinnedStage
-from tasks.stage_cache import MANIFEST, StageOutput, check_manifest, stage_output
-from tasks.stage_files import required_factor_files
+from tasks.caching.stage_cache import MANIFEST, StageOutput, check_manifest, stage_output
+from tasks.stages.files import required_factor_files
 
 #: What a pin's hash covers, per stage: the reference model directory, every factor file.
 _HASHED = {"reference": ("model",), "curvature": ()}

@@ -1,5 +1,5 @@
-"""Shard planning and verification: which rows a shard covers, where its output goes, and whether
-an existing output is complete. Outputs get a sidecar ``<file>.done.json`` written after the file
+"""Shard planning and verification: which rows a shard covers, where its inputs and output go, and
+whether an existing output is complete. Outputs get a sidecar ``<file>.done.json`` written after the file
 itself with the file's size and content digest: "sidecar present and the file's bytes hash to
 its digest" means the shard finished and nothing changed it since (a same-size bit flip too)."""
 
@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from gdig_core.config import GdigConfig
 from gdig_core.integrity import file_digest, stream_digest
-from gdig_core.io import atomic_write_json
-from tasks import storage
-from tasks.records import record
+from tasks.runtime.records import record
+from tasks.sharding import storage
 
 ShardKind = Literal["curvature_stats", "lambda_stats", "scores", "gradients"]
 SUFFIX = {"curvature_stats": ".safetensors", "lambda_stats": ".safetensors", "scores": ".parquet",
@@ -50,6 +50,25 @@ def shard_output(root: str, kind: ShardKind, index: int) -> str:
     return storage.join(root, f"shard-{index:05d}{SUFFIX[kind]}")
 
 
+def shard_root(cfg: GdigConfig, work: Path, stage: str) -> str:
+    """Shard outputs: the stage's work dir, or shared storage when workers run elsewhere."""
+    if cfg.orchestration.shared_storage:
+        return storage.join(cfg.orchestration.shared_storage, "shards", stage, work.name.removesuffix(".work"))
+    root = work / "shards" / stage
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root)
+
+
+def stage_inputs(cfg: GdigConfig, files: dict[str, tuple[Path, str]]) -> dict[str, str]:
+    """Locations workers can read, by name (uploaded to shared storage when it is a URL)."""
+    return {name: storage.stage_in(path, cfg.orchestration.shared_storage, digest) for name, (path, digest) in files.items()}
+
+
+def local_copies(locations: list[str], work: Path) -> list[Path]:
+    """Local paths of finished shard outputs (fetched into the stage's work dir when remote)."""
+    return [storage.fetch(loc, work / "fetched") for loc in locations]
+
+
 def sidecar(location: str) -> str:
     return location + ".done.json"
 
@@ -57,30 +76,12 @@ def sidecar(location: str) -> str:
 def mark_done(local_file: Path, location: str, summary: dict[str, Any]) -> None:
     """Write the sidecar after the output is in place (its size and hash, and the summary)."""
     meta = {"size": local_file.stat().st_size, "digest": file_digest(local_file), "summary": summary}
-    if storage.is_url(location):
-        tmp = local_file.with_name(local_file.name + ".done.json")
-        atomic_write_json(tmp, meta)
-        storage.put_file(tmp, sidecar(location))
-    else:
-        atomic_write_json(sidecar(location), meta)
-
-
-def _read_json(location: str) -> Any:
-    if storage.is_url(location):
-        import fsspec
-
-        with fsspec.open(location, "r") as fh:
-            return json.load(fh)
-    return json.loads(storage.local(location).read_text(encoding="utf-8"))
+    storage.write_text(sidecar(location), json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _digest(location: str) -> str:
-    if storage.is_url(location):
-        import fsspec
-
-        with fsspec.open(location, "rb") as fh:
-            return stream_digest(fh)
-    return file_digest(storage.local(location))
+    with storage.open_binary(location) as fh:
+        return stream_digest(fh)
 
 
 def shard_problem(location: str, digest: bool = True) -> tuple[dict[str, Any] | None, str | None]:
@@ -89,7 +90,7 @@ def shard_problem(location: str, digest: bool = True) -> tuple[dict[str, Any] | 
     checks the size only: for large files whose bytes are verified when they are read."""
     side = sidecar(location)
     try:
-        meta = _read_json(side)
+        meta = json.loads(storage.read_text(side))
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError) as err:
@@ -120,7 +121,7 @@ def read_done(location: str, digest: bool = True) -> dict[str, Any] | None:
 
 def note_corrupt(location: str, problem: str) -> None:
     """Log and record a shard output that will be recomputed, and why."""
-    from tasks import artifacts
+    from tasks.runtime import artifacts
 
     artifacts.logger().warning("shard output will be recomputed: %s", problem)
     record("shard_corrupt", "shards", location=location, reason=problem)

@@ -11,11 +11,10 @@ from prefect import task
 
 from gdig_core.config import GdigConfig
 from gdig_core.io import text_sha256
-from tasks.common import stage_state
-from tasks.data_tasks import TASK_OPTS
-from tasks.downstream_tasks import noise_labels
-from tasks.stage_cache import StageOutput, run_stage
-from tasks.stage_keys import key_parts, stage_calls
+from tasks.caching.stage_cache import StageOutput, run_stage
+from tasks.caching.stage_keys import key_parts, stage_calls
+from tasks.stages.common import TASK_OPTS, stage_state
+from tasks.stages.downstream import noise_labels
 
 
 def _stage_label(out: StageOutput) -> str:

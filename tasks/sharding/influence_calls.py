@@ -1,6 +1,6 @@
 """The two gdig_core.influence calls, with their inputs read from files: preconditioning the seeds
-and scoring one shard. Kept apart from the shard machinery so it is the only place that knows the
-influence API."""
+and scoring one shard (a step of ``tasks.sharding.work``). The only place that knows the influence
+API; it depends on the model cache, never on the shard machinery."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def precondition_call(
     from gdig_core.features import gradient_projection
     from gdig_core.hooks import layer_shape, select_tracked_modules
     from gdig_core.seed_preconditioning import precondition_seeds
-    from tasks.faults import with_oom_backoff
-    from tasks.shard_work import loaded_model
+    from tasks.runtime.faults import with_oom_backoff
+    from tasks.sharding.model_cache import loaded_model
 
     model, tokenizer = loaded_model(cfg, checkpoint)
     encoded = encode_pairs(tokenizer, read_pairs(seed_path).to_pylist(), cfg)

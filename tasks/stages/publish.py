@@ -11,8 +11,8 @@ from gdig_core.integrity import hashing_stats
 from gdig_core.io import atomic_write_json
 from gdig_core.names import inside
 from gdig_core.selection.layout import ROOT, selection_subdir
-from tasks.records import record
-from tasks.stage_cache import StageOutput
+from tasks.caching.stage_cache import StageOutput
+from tasks.runtime.records import record
 
 
 def _mirror(src: Path, dst: Path) -> None:

@@ -65,7 +65,7 @@ def _no_worker_advice(pool: str) -> str:
 
 def wait_for_worker(pool: str, orch: OrchestrationConfig) -> int:
     """Wait (at most ``orch.worker_wait_seconds``) until a worker polls ``pool``; return how many do."""
-    from tasks import artifacts
+    from tasks.runtime import artifacts
 
     start = time.monotonic()
     last_note = -_NOTE_EVERY
@@ -101,7 +101,7 @@ def await_shard_run(flow_run: Any, pool: str, orch: OrchestrationConfig, what: s
     caller retries it, as for a lost worker)."""
     from prefect.client.orchestration import get_client
 
-    from tasks import artifacts
+    from tasks.runtime import artifacts
 
     start = time.monotonic()
     picked_up: float | None = None

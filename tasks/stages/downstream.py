@@ -10,12 +10,11 @@ from prefect import task
 
 from gdig_core.config import GdigConfig, MethodSpec
 from gdig_core.selection.layout import selection_subdir
-from tasks import artifacts
-from tasks.common import gpu_slot, raw_file_hashes, stage_state
-from tasks.data_tasks import TASK_OPTS, pool_hash
-from tasks.faults import kill_point
-from tasks.stage_cache import StageOutput, run_stage
-from tasks.stage_keys import key_parts, stage_calls
+from tasks.caching.stage_cache import StageOutput, run_stage
+from tasks.caching.stage_keys import key_parts, stage_calls
+from tasks.runtime.faults import kill_point
+from tasks.runtime.gpu_slots import gpu_slot
+from tasks.stages.common import TASK_OPTS, pool_hash, raw_file_hashes, stage_state
 
 #: What a finetune and its evaluation carry from the selection they came from (report labels).
 _SELECTION_KEYS = ("method", "kind", "model", "budget", "size")
@@ -75,7 +74,7 @@ def finetune_task(
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         table = read_pairs(selection.path("selected.parquet"))
-        with gpu_slot(cfg, "finetune"):
+        with gpu_slot(cfg.orchestration, "finetune"):
             model_dir = calls["train"](pairs=table, out_dir=work / "model", base_model=base[0], progress=False,
                                        on_step=lambda step, loss: kill_point("finetune", step))
         shutil.move(str(model_dir), out / "model")
@@ -108,7 +107,7 @@ def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: 
     calls = stage_calls("evaluation", cfg)
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
-        with gpu_slot(cfg, f"evaluation {label}"):
+        with gpu_slot(cfg.orchestration, f"evaluation {label}"):
             metrics = calls["evaluate"](model_dir=model[0], out_dir=out)
         kill_point("evaluation")
         return {**meta, "metrics": metrics}
@@ -120,11 +119,3 @@ def evaluate_task(cfg: GdigConfig, run_dir: str, model: tuple[str, str], label: 
     )
     # Identical models (same selected pairs) share one cached evaluation; keep this model's labels.
     return stage_state(result.model_copy(update={"summary": result.summary | meta}), result.cached, f"evaluation/{label}")
-
-
-def summary_rows(stage_outputs: list[StageOutput], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [{k: o.summary.get(k) for k in keys} | {"cached": o.cached} for o in stage_outputs]
-
-
-def publish_table(name: str, rows: list[dict[str, Any]], description: str) -> None:
-    artifacts.table(artifacts.artifact_key(name), rows, description)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gdig_core.config import GdigConfig
-from tasks import storage
-from tasks.shards import mark_done, note_corrupt, read_done, sidecar
+from tasks.sharding import storage
+from tasks.sharding.jobs import mark_done, note_corrupt, read_done, sidecar
 
 StoreKind = Literal["scores", "gradients"]
 SIDE_SUFFIX = ".done.json"
@@ -92,6 +92,5 @@ def read_verified(index: StoreIndex, location: str) -> bytes | None:
 
 def publish_segment(local_file: Path, location: str, keys: list[str], summary: dict[str, Any]) -> None:
     """Put a finished segment in place, then its sidecar (which lists its content keys)."""
-    if storage.is_url(location) or storage.local(location) != local_file:
-        storage.put_file(local_file, location)
+    storage.put_file(local_file, location)  # nothing to copy when written in place
     mark_done(local_file, location, {**summary, "keys": list(keys)})

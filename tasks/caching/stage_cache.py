@@ -1,7 +1,7 @@
 """Content-addressed stage outputs with a verified manifest: the cache across flow runs.
 
 A stage's key hashes the content of its real inputs (data hashes, checkpoint hashes), the config
-fields it reads and the source of the code it runs (both derived in ``tasks.stage_keys``). Its
+fields it reads and the source of the code it runs (both derived in ``tasks.caching.stage_keys``). Its
 outputs go to ``<run_dir>/cas/<stage>/<key>/`` together with ``_manifest.json`` listing every
 file with its size and content digest. A hit is accepted only if every file's bytes hash to the
 recorded digest, so a deleted, truncated or corrupted-in-place file means "recompute", never a
@@ -25,11 +25,11 @@ from pydantic import BaseModel, Field
 
 from gdig_core.integrity import digest_files, first_mismatch
 from gdig_core.io import atomic_write_json, text_sha256
-from tasks.key_derivation import source_fingerprint
-from tasks.records import record
+from tasks.caching.key_derivation import source_fingerprint
+from tasks.runtime.records import record
 
 MANIFEST = "_manifest.json"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _CODE_HASHES: dict[tuple[str, ...], str] = {}
 # ast.parse is not thread-safe in CPython 3.11/3.12 (gh-106905: "AST constructor recursion depth
 # mismatch", seen when selection tasks of a thread pool hashed code at once): files are parsed one
@@ -184,7 +184,7 @@ def lookup(run_dir: str | Path, stage: str, key: str, label: str | None = None) 
     if manifest is not None and manifest.get("key") != key:
         manifest, problem = None, f"{root / MANIFEST}: records key {manifest.get('key')}, expected {key}"
     if problem is not None:
-        from tasks import artifacts
+        from tasks.runtime import artifacts
 
         artifacts.logger().warning("%s: cached output will be recomputed: %s", label or stage, problem)
         record("cache_corrupt", label or stage, key=key, reason=problem)
@@ -196,7 +196,7 @@ def lookup(run_dir: str | Path, stage: str, key: str, label: str | None = None) 
 def sweep_temporaries(run_dir: str | Path) -> list[Path]:
     """Remove what killed runs left in ``cas/`` and ``store/`` (the result store): stage
     directories being built (``.<key>.*.tmp``) and half-written files (``.<name>.*.tmp``). Only
-    safe while this process holds the run directory's lock (``tasks.run_lock``): nobody else is
+    safe while this process holds the run directory's lock (``tasks.runtime.run_lock``): nobody else is
     writing there."""
     removed: list[Path] = []
     for root in (Path(run_dir) / "cas", Path(run_dir) / "store"):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from gdig_core.io import text_sha256
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 METHOD_PACKAGE = "gdig_core"
 _PACKAGES = ("gdig_core", "tasks")
 Path_ = tuple[str, ...]

@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from gdig_core.config import GdigConfig, resolve_data_path
-from gdig_core.data import sample_rows  # noqa: F401 - the curvature stage imports it from here
-from tasks import artifacts
-from tasks.common import gpu_slot, model_fingerprint, raw_file_hashes, stage_state
-from tasks.faults import kill_point, retry_condition
-from tasks.stage_cache import StageOutput, run_stage
-from tasks.stage_keys import key_parts, stage_calls
-
-TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_condition)
+from tasks.caching.stage_cache import StageOutput, run_stage
+from tasks.caching.stage_keys import key_parts, stage_calls
+from tasks.runtime import artifacts
+from tasks.runtime.faults import kill_point
+from tasks.runtime.gpu_slots import gpu_slot
+from tasks.runtime.records import record
+from tasks.stages.common import TASK_OPTS, model_fingerprint, pool_hash, raw_file_hashes, stage_state
+from tasks.stages.pins import pinned_reference
 
 
 def _raw_inputs(cfg: GdigConfig) -> dict[str, str]:
@@ -65,14 +64,6 @@ def prepare_data_task(cfg: GdigConfig, run_dir: str) -> StageOutput:
     return stage_state(result, result.cached, "data")
 
 
-def pool_hash(data: StageOutput) -> str:
-    return data.summary["pool"]["content_hash"]
-
-
-def seed_hash(data: StageOutput) -> str:
-    return data.summary["seed"]["content_hash"]
-
-
 @task(name="base-model", **TASK_OPTS)
 def base_model_task(cfg: GdigConfig, run_dir: str, data: StageOutput) -> tuple[str, str]:
     """``(path or hub id, fingerprint)`` of the base model; the tiny model is built from the pool."""
@@ -101,10 +92,7 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
     """Finetune the base model on (a sample of) the pool: the model all gradients are taken at."""
     if not cfg.reference.enabled:
         return base
-    if cfg.pin.reference is not None:  # verified when the run began (tasks.pins.check_pins)
-        from tasks.pins import pinned_reference
-        from tasks.records import record
-
+    if cfg.pin.reference is not None:  # verified when the run began (tasks.stages.pins.check_pins)
         model = pinned_reference(cfg)
         record("pinned", "reference", dir=cfg.pin.reference.dir, hash=model[1])
         return model
@@ -116,7 +104,7 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
         table = read_pairs(data.path("pool.parquet"))
         table = table.take(calls["sample"](table.num_rows))
         # Train into the work dir so resume checkpoints survive a killed run, then move in place.
-        with gpu_slot(cfg, "reference model"):
+        with gpu_slot(cfg.orchestration, "reference model"):
             model_dir = calls["train"](pairs=table, out_dir=work / "model", base_model=base[0], progress=False,
                                        on_step=lambda step, loss: kill_point("reference", step))
         shutil.move(str(model_dir), out / "model")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from gdig_core.config import GdigConfig
 from gdig_core.preflight import preflight
-from tasks import artifacts, run_lock
-from tasks.gpu_slots import prepare_gpu_limit
-from tasks.pins import check_pins
-from tasks.shard_dispatch import check_shard_deployment, wait_for_worker
-from tasks.stage_cache import sweep_temporaries
+from tasks.caching.stage_cache import sweep_temporaries
+from tasks.runtime import artifacts, run_lock
+from tasks.runtime.gpu_slots import prepare_gpu_limit
+from tasks.sharding.dispatch import check_shard_deployment, wait_for_worker
+from tasks.stages.pins import check_pins
 
 
 def begin_run(cfg: GdigConfig, run_dir: str | Path) -> None:

@@ -1,0 +1,1 @@
+"""Content-addressed stage outputs and their cache keys (see ``tasks``)."""

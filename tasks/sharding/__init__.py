@@ -1,0 +1,1 @@
+"""Sharded stages: jobs, steps, mapping, dispatch, model cache, shared storage, result store (see ``tasks``)."""

@@ -1,0 +1,1 @@
+"""The pipeline's stage tasks and the run-level chores around them (see ``tasks``)."""
