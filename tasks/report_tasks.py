@@ -20,18 +20,15 @@ from tasks.stage_cache import StageOutput, run_stage
 
 def _stage_label(out: StageOutput) -> str:
     s = out.summary
-    parts = [out.stage] + [str(s[k]) for k in ("model", "method") if s.get(k)]
-    if s.get("budget"):
-        parts.append(f"b{s['budget']}")
-    if s.get("seed") is not None:
-        parts.append(f"s{s['seed']}")
-    return "/".join(parts)
+    if out.stage in ("finetune", "evaluation") and s.get("method"):
+        parts = [out.stage, str(s["method"]), f"b{s.get('budget')}"]
+        return "/".join(parts + ([f"s{s['seed']}"] if isinstance(s.get("seed"), int) else []))
+    return out.label or out.stage
 
 
 def stage_times(stages: list[StageOutput]) -> list[dict[str, Any]]:
-    """How long each stage took when it was computed, and whether this run reused it."""
-    return [{"stage": _stage_label(o), "seconds": round(o.seconds, 1) if o.seconds is not None else None,
-             "cached in this run": o.cached} for o in stages]
+    return [{"stage": _stage_label(o), "seconds": round(o.seconds, 1) if o.seconds is not None else None}
+            for o in stages]
 
 
 @task(name="report", **TASK_OPTS)

@@ -109,6 +109,7 @@ class StageOutput(BaseModel):
     cached: bool = False
     #: Wall time of the computation that produced these outputs (whenever it ran).
     seconds: float | None = None
+    label: str | None = None
 
     def path(self, name: str) -> Path:
         return Path(self.dir) / name
@@ -184,18 +185,20 @@ def verify_manifest(root: str | Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _output(stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool) -> StageOutput:
+def _output(
+    stage: str, key: str, root: Path, manifest: dict[str, Any], cached: bool, label: str | None = None
+) -> StageOutput:
     files = {rel: meta["sha256"] for rel, meta in manifest["files"].items()}
     return StageOutput(stage=stage, key=key, dir=str(root), files=files, summary=manifest.get("summary", {}), cached=cached,
-                       seconds=manifest.get("seconds"))
+                       seconds=manifest.get("seconds"), label=label or stage)
 
 
-def lookup(run_dir: str | Path, stage: str, key: str) -> StageOutput | None:
+def lookup(run_dir: str | Path, stage: str, key: str, label: str | None = None) -> StageOutput | None:
     root = stage_dir(run_dir, stage, key)
     manifest = verify_manifest(root)
     if manifest is None or manifest.get("key") != key:
         return None
-    return _output(stage, key, root, manifest, cached=True)
+    return _output(stage, key, root, manifest, cached=True, label=label)
 
 
 def run_stage(
@@ -217,7 +220,7 @@ def run_stage(
     code = code_version(code_modules)
     key = stage_key(stage, inputs, config_json, code)
     name = label or stage
-    hit = lookup(run_dir, stage, key)
+    hit = lookup(run_dir, stage, key, name)
     if hit is not None:
         record("cached", name, key=key)
         return hit
@@ -244,4 +247,4 @@ def run_stage(
     shutil.rmtree(work, ignore_errors=True)
     # mtimes survive a rename, so the manifest written in tmp still verifies in place.
     record("computed", name, key=key, seconds=manifest["seconds"])
-    return _output(stage, key, final, manifest, cached=False)
+    return _output(stage, key, final, manifest, cached=False, label=name)
