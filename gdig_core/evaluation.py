@@ -144,6 +144,20 @@ def _add_comet(results: dict[str, dict[str, Any]], tests: list[EvalSet], hyps: d
             atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
 
 
+#: Bytes of float32 logits one teacher-forced batch may hold. The logits are [rows, tokens, vocab]
+#: and the cross-entropy keeps a second copy: Gemma's 262k vocabulary at 64 rows of ~100 tokens
+#: took 17 GiB and was killed for memory on a 24 GiB machine.
+NLL_LOGITS_BYTES = 1 << 30
+
+
+def nll_batch_size(model: Any, encoded: list[Any], cap: int) -> int:
+    """Rows per teacher-forced batch: at most ``cap``, and few enough that the batch's logits
+    stay under ``NLL_LOGITS_BYTES`` at the longest example's length."""
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    longest = max((len(e.input_ids) for e in encoded), default=1)
+    return max(1, min(cap, NLL_LOGITS_BYTES // (4 * vocab * longest)))
+
+
 def reference_nll(model: Any, tokenizer: Any, test: EvalSet, cfg: GdigConfig) -> dict[str, Any]:
     """Mean NLL per reference token given the prompt (teacher forcing, the training loss):
     ``ref_nll`` pools all tokens, ``ref_nll_sentence`` averages the per-sentence means."""
@@ -162,7 +176,7 @@ def reference_nll(model: Any, tokenizer: Any, test: EvalSet, cfg: GdigConfig) ->
     model.eval()
     try:
         with torch.no_grad():
-            for _, batch in iter_batches(encoded, cfg.evaluation.batch_size, pad_id):
+            for _, batch in iter_batches(encoded, nll_batch_size(model, encoded, cfg.evaluation.batch_size), pad_id):
                 loss_sum, n_tok = example_losses(model, batch)
                 total += float(loss_sum.double().sum())
                 tokens += int(n_tok.sum())
