@@ -51,7 +51,7 @@ from gdig_core.influence import (
     seed_blocks,
 )
 from gdig_core.io import atomic_path
-from gdig_core.scores import ScoreShardWriter
+from gdig_core.scores import ROW_FIELDS, ScoreShardWriter
 from gdig_core.seed_preconditioning import Preconditioned, masked_inputs
 from gdig_core.variants import Variant
 
@@ -71,11 +71,7 @@ def segment_schema(projection: GradientProjection, feature_dim: int, dtype: str)
         META_DTYPE: dtype.encode(),
     }
     return pa.schema([
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("ok", pa.bool_(), nullable=False),
-        pa.field("bad_reason", pa.string()),
-        pa.field("loss", pa.float64()),
-        pa.field("n_tokens", pa.int32()),
+        *ROW_FIELDS,
         pa.field("grad_norm", pa.float64()),
         pa.field("feature", pa.list_(pa.float32(), int(feature_dim))),
         pa.field("grad", pa.list_(_ARROW[dtype], projection.total_dim)),

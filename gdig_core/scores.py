@@ -48,12 +48,18 @@ META_VERSION = b"gdig.score_format"
 META_VARIANTS = b"gdig.variants"
 VARIANT_STATS = ("mean", "frac_pos", "min")
 
-SCHEMA_FIELDS: list[pa.Field] = [
+#: Every per-candidate table starts with these: the row's id, whether it scored, why not, and its
+#: loss and target-token count (the score shards here and the gradient store's segments).
+ROW_FIELDS: list[pa.Field] = [
     pa.field("id", pa.string(), nullable=False),
     pa.field("ok", pa.bool_(), nullable=False),
     pa.field("bad_reason", pa.string()),
     pa.field("loss", pa.float64()),
     pa.field("n_tokens", pa.int32()),
+]
+
+SCHEMA_FIELDS: list[pa.Field] = [
+    *ROW_FIELDS,
     pa.field("benefit_mean", pa.float64()),
     pa.field("benefit_frac_pos", pa.float64()),
     pa.field("benefit_min", pa.float64()),
