@@ -26,13 +26,17 @@ export TOKENIZERS_PARALLELISM := false
 WHEELHOUSE ?= wheelhouse
 WHEEL_PYTHON ?=
 WHEEL_PLATFORM ?=
-WHEELHOUSE_ARGS ?= --require "$(TORCH_SPEC)" --exclude torch
+WHEELHOUSE_ARGS ?= --require "$(TORCH_SPEC)" --exclude torch --extra opusfilter --no-deps-extra $(OPUSFILTER_SPEC)
 # Evaluated when a recipe runs, so `make wheelhouse install-offline` sees the fresh parts.
 FIND_LINKS = $(foreach d,$(wildcard $(WHEELHOUSE)/part-* $(WHEELHOUSE)/build),--find-links $(d))
 # The data files configs/evidence-de-en-gpu.yaml reads, copied into the checkout for a GPU machine.
 DATA_DIR ?= ../shared/data/mt
 GPU_DATA = de-en/pool.wmt17-20.jsonl de-en/flores.dev.tsv de-en/flores.devtest.de de-en/flores.devtest.en \
 	zh-en/pool.wmt17-20.jsonl
+
+# OpusFilter (the opusfilter method) likewise comes with --no-deps: its real needs are the
+# [opusfilter] extra; its metadata adds a 96 MB language detector that its chain never imports.
+OPUSFILTER_SPEC ?= opusfilter==3.3.1
 
 # kronfluence (the test suite's independent EK-FAC reference) comes with --no-deps: its metadata
 # pins torchvision, which it never imports, and a mismatched torchvision breaks transformers.
@@ -41,8 +45,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps kronfluence==1.0.1
+	$(PY) -m pip install -q -e '.[dev,opusfilter]'
+	$(PY) -m pip install -q --no-deps kronfluence==1.0.1 $(OPUSFILTER_SPEC)
 	touch $@
 
 install: $(VENV)/.installed
@@ -73,7 +77,7 @@ wheelhouse:
 wheelhouse-gpu:
 	$(MAKE) wheelhouse WHEELHOUSE=wheelhouse-gpu WHEEL_PYTHON=3.12.3 WHEEL_PLATFORM=manylinux_x86_64 \
 		WHEELHOUSE_ARGS="--provided-file scripts/gpu-image-packages.txt --no-deps-extra kronfluence==1.0.1 \
-		--no-deps-extra einconv==0.1.0 --fallback"
+		--no-deps-extra einconv==0.1.0 --extra opusfilter --no-deps-extra $(OPUSFILTER_SPEC) --fallback"
 
 gpu-data:
 	for f in $(GPU_DATA); do install -D -m 644 $(DATA_DIR)/$$f gpu-data/mt/$$f; done
@@ -86,7 +90,8 @@ install-offline:
 	@test -d $(WHEELHOUSE) || { echo "no wheelhouse at $(WHEELHOUSE): run make wheelhouse first"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-index $(FIND_LINKS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --no-index $(FIND_LINKS) -e .
+	$(PY) -m pip install -q --no-index $(FIND_LINKS) -e '.[opusfilter]'
+	$(PY) -m pip install -q --no-index --no-deps $(FIND_LINKS) $(OPUSFILTER_SPEC)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

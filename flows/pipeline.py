@@ -1,7 +1,7 @@
 """The whole G-DIG pipeline as one Prefect flow with one subflow per stage.
 
-data -> base/reference model -> curvature -> seed preconditioning -> sharded scoring ->
-selection (every method and budget) -> downstream finetunes -> evaluation -> report.
+data -> base/reference model -> (QE at the base model) -> curvature -> seed preconditioning ->
+sharded scoring -> selection (every method and budget) -> downstream finetunes -> evaluation -> report.
 
 Every stage is cached across flow runs by content (see ``tasks.caching.stage_cache``): a rerun with one
 changed setting recomputes only what depends on it. The flow's parameter is the pydantic
@@ -26,6 +26,7 @@ from tasks.stages.downstream import evaluate_task, finetune_task, select_task
 from tasks.stages.influence import curvature_stage, precondition_task
 from tasks.stages.pins import pins_of
 from tasks.stages.publish import publish_outputs
+from tasks.stages.qe import qe_task
 from tasks.stages.report import report_task
 from tasks.stages.run_start import begin_run
 from tasks.stages.scoring import scoring_stage
@@ -55,6 +56,12 @@ def model_flow(config: GdigConfig, run_dir: str, data: StageOutput) -> tuple[Mod
     """The base model (built when tiny) and the reference model finetuned from it on the pool."""
     base = base_model_task.submit(config, run_dir, data).result()
     return base, reference_task.submit(config, run_dir, data, base).result()
+
+
+@flow(name="qe", persist_result=False)
+def qe_flow(config: GdigConfig, run_dir: str, data: StageOutput, base: Model) -> StageOutput:
+    """The base model's dual cross-entropy QE of every pool pair (gdig_core.qe)."""
+    return qe_task.submit(config, run_dir, data, tuple(base)).result()
 
 
 @flow(name="curvature", persist_result=False)
@@ -95,10 +102,10 @@ def _plan(cfg: GdigConfig) -> list[tuple[MethodSpec, int]]:
 
 @flow(name="selection", persist_result=False)
 def selection_flow(
-    config: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput]
+    config: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput], qe: StageOutput | None = None
 ) -> list[StageOutput]:
     default = config.scoring.models[0]
-    futures = [select_task.submit(config, run_dir, data, scores[spec.model or default], spec, b)
+    futures = [select_task.submit(config, run_dir, data, scores[spec.model or default], spec, b, qe)
                for spec, b in _plan(config)]
     results = [f.result() for f in futures]
     artifacts.table(artifacts.artifact_key("selection-summary"), [
@@ -151,8 +158,9 @@ def evaluation_flow(config: GdigConfig, run_dir: str, base: Model, models: list[
 def report_flow(
     config: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput],
     selections: list[StageOutput], evaluations: list[StageOutput], stages: list[StageOutput], command: str | None = None,
+    qe: StageOutput | None = None,
 ) -> StageOutput:
-    return report_task.submit(config, run_dir, data, scores, selections, evaluations, stages, command).result()
+    return report_task.submit(config, run_dir, data, scores, selections, evaluations, stages, command, qe).result()
 
 
 @flow(name="gdig-pipeline", persist_result=False, log_prints=True)
@@ -169,15 +177,18 @@ def gdig_pipeline(config: GdigConfig = GdigConfig(), command: str | None = None)
 
     data = data_flow.with_options(**opts)(cfg, run_dir)
     base, reference = model_flow.with_options(**opts)(cfg, run_dir, data)
+    stages: list[StageOutput] = [data]
+    qe = qe_flow.with_options(**opts)(cfg, run_dir, data, base) if cfg.qe_on else None
+    if qe is not None:
+        stages.append(qe)
     scores: dict[str, StageOutput] = {}
     factor_sets: dict[str, StageOutput] = {}
-    stages: list[StageOutput] = [data]
     for label, model in scoring_models(cfg, base, reference).items():
         factors = factor_sets[label] = curvature_flow.with_options(**opts)(cfg, run_dir, data, model, label)
         precond = precondition_flow.with_options(**opts)(cfg, run_dir, data, model, factors, label)
         scores[label] = scoring_flow.with_options(**opts)(cfg, run_dir, data, model, factors, precond, label)
         stages += [factors, precond, scores[label]]
-    selections = selection_flow.with_options(**opts)(cfg, run_dir, data, scores)
+    selections = selection_flow.with_options(**opts)(cfg, run_dir, data, scores, qe)
     models: list[StageOutput] = []
     evaluations: list[StageOutput] = []
     if cfg.finetune.enabled:
@@ -185,7 +196,8 @@ def gdig_pipeline(config: GdigConfig = GdigConfig(), command: str | None = None)
     if cfg.evaluation.enabled:
         evaluations = evaluation_flow.with_options(task_runner=_serial())(cfg, run_dir, base, models)
     stages += [*selections, *models, *evaluations]
-    report = report_flow.with_options(**opts)(cfg, run_dir, data, scores, selections, evaluations, stages, command)
+    report = report_flow.with_options(**opts)(cfg, run_dir, data, scores, selections, evaluations, stages, command,
+                                              qe)
     primary = scores[cfg.scoring.models[0]]
     outputs = publish_outputs(run_dir, data, primary, selections, report, records,
                               pins=pins_of(cfg, tuple(reference), factor_sets))

@@ -328,10 +328,28 @@ class MethodSpec(Section):
     min_mean: float | None = None
     shortfall: Literal["take_all", "top_up"] | None = None
     seed: int | None = None
-    #: Cheap filters applied before the method: candidates they reject are not eligible.
-    prefilter: list[Literal["copy", "language_id", "length_ratio"]] = Field(default_factory=list)
+    #: Pre-filters applied in order before the method: candidates they reject are not eligible, and
+    #: a ``topk`` quality set is the top k of what they keep (a cascade). ``copy``, ``language_id``,
+    #: ``length_ratio``, ``cheap`` (the three rules of the cheap filter), ``opusfilter`` (its
+    #: standard chain) or ``qe`` (keep the best ``qe_keep`` share by the QE score).
+    prefilter: list[Literal["copy", "language_id", "length_ratio", "cheap", "opusfilter", "qe"]] = Field(
+        default_factory=list)
+    #: Override of selection.qe_keep for this method.
+    qe_keep: float | None = Field(default=None, gt=0, le=1)
+    #: Also run the cascade's ablation: this method with each pre-filter removed in turn, without
+    #: the influence ranking (pre-filters then k-means), without k-means (pre-filters then the top B
+    #: by influence), and the controls pre-filters then random and pre-filters then the QE ranking.
+    #: Each is a method of its own, named ``<name>.<what changed>`` (see ablation_specs).
+    ablation: bool = False
     #: Finetuning seeds for this selection; None: finetune.seeds.
     finetune_seeds: list[int] | None = None
+
+    @field_validator("prefilter")
+    @classmethod
+    def _prefilters_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"prefilter lists a filter twice: {value}")
+        return value
 
     @field_validator("variant")
     @classmethod
@@ -348,6 +366,28 @@ class MethodSpec(Section):
         if value is not None and not value:
             raise ValueError("finetune_seeds must not be empty (leave it out to use finetune.seeds)")
         return value
+
+
+#: What a cascade's ablation varies, by suffix: the parts removed and the controls.
+ABLATION_SUFFIXES = ("no-influence", "no-kmeans", "filter-random", "filter-qe")
+
+
+def ablation_specs(spec: MethodSpec) -> list[MethodSpec]:
+    """The ablation of a cascade (``spec``: pre-filters, then gdig's influence ranking and k-means):
+    one method per pre-filter removed (``<name>.no-<filter>``), the pre-filters followed by k-means
+    alone (``.no-influence``: diversity), by the top B by influence alone (``.no-kmeans``: quality),
+    and the controls that replace the influence ranking by a random pick (``.filter-random``) or by
+    the QE ranking (``.filter-qe``). Every variant keeps the cascade's other settings."""
+    if spec.method != "gdig":
+        raise ValueError(f"selection method {spec.name!r}: ablation is defined for a gdig cascade, not {spec.method!r}")
+    if not spec.prefilter:
+        raise ValueError(f"selection method {spec.name!r}: ablation needs pre-filters (the cascade's first part)")
+    base = spec.model_dump() | {"ablation": False}
+    out = [MethodSpec.model_validate(base | {"name": f"{spec.name}.no-{f}", "prefilter": [p for p in spec.prefilter if p != f]})
+           for f in spec.prefilter]
+    for suffix, method in zip(ABLATION_SUFFIXES, ("diversity", "quality", "random", "qe"), strict=True):
+        out.append(MethodSpec.model_validate(base | {"name": f"{spec.name}.{suffix}", "method": method}))
+    return out
 
 
 def method_spec(item: str | MethodSpec | dict) -> MethodSpec:
@@ -390,6 +430,8 @@ class SelectionConfig(Section):
     #: top_up (fill from the next-best eligible candidates by mean benefit, each marked top_up).
     shortfall: Literal["take_all", "top_up"] = "top_up"
     seed: int = 0
+    #: The ``qe`` pre-filter keeps this share of the candidates that reach it, best QE score first.
+    qe_keep: float = Field(default=0.5, gt=0, le=1)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -403,6 +445,7 @@ class SelectionConfig(Section):
     def _unique_names(cls, value: list[MethodSpec]) -> list[MethodSpec]:
         if not value:
             raise ValueError("selection.methods is empty")
+        value = [m for spec in value for m in ([spec, *ablation_specs(spec)] if spec.ablation else [spec])]
         names = [m.name for m in value]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -415,6 +458,21 @@ class SelectionConfig(Section):
         if not value or any(b <= 0 for b in value):
             raise ValueError("budgets must be a non-empty list of positive integers")
         return value
+
+
+class QEConfig(Section):
+    """Quality estimation from the base model itself: dual conditional cross-entropy (gdig_core.qe),
+    two forward passes per pool pair, no backward."""
+
+    #: None: computed when a selection method or pre-filter uses it; true: always (the evidence
+    #: tables then show its ROC AUC per noise kind); false: never (a method needing it is refused).
+    enabled: bool | None = None
+    batch_size: int = Field(default=16, gt=0)
+
+
+def uses_qe(selection: SelectionConfig) -> list[str]:
+    """Names of the selection methods that need the QE scores (the ``qe`` method or pre-filter)."""
+    return [m.name for m in selection.methods if m.method == "qe" or "qe" in m.prefilter]
 
 
 class FinetuneConfig(Section):
@@ -455,6 +513,10 @@ class EvaluationConfig(Section):
     #: Also report the mean per-token NLL of each reference under the model (teacher forcing):
     #: cheap, and more sensitive than BLEU on small test sets.
     reference_nll: bool = True
+    #: ``generated``: the reference NLL on the sentences that are translated (max_sentences);
+    #: ``all``: on the whole test set, whatever max_sentences cuts generation to (one forward pass
+    #: per sentence, no generation: low-variance where generation is expensive).
+    reference_nll_sentences: Literal["generated", "all"] = "generated"
 
     @model_validator(mode="after")
     def _test_sets_named_once(self) -> EvaluationConfig:
@@ -529,6 +591,7 @@ class GdigConfig(Section):
     curvature: CurvatureConfig = CurvatureConfig()
     scoring: ScoringConfig = ScoringConfig()
     selection: SelectionConfig = SelectionConfig()
+    qe: QEConfig = QEConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
@@ -552,6 +615,18 @@ class GdigConfig(Section):
                 raise ValueError(f"selection method {spec.name!r} uses the {spec.model} model's scores, but "
                                  f"scoring.models is {self.scoring.models}: add {spec.model!r} there")
         return self
+
+    @model_validator(mode="after")
+    def _qe_when_used(self) -> GdigConfig:
+        needing = uses_qe(self.selection)
+        if needing and self.qe.enabled is False:
+            raise ValueError(f"selection methods {needing} use the QE score, but qe.enabled is false")
+        return self
+
+    @property
+    def qe_on(self) -> bool:
+        """Whether the run computes the QE scores (qe.enabled, or None and a method uses them)."""
+        return bool(self.qe.enabled) if self.qe.enabled is not None else bool(uses_qe(self.selection))
 
     def section_json(self, *names: str) -> str:
         """Canonical JSON of the named sections, for cache keys."""

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gdig_core.config import GdigConfig, TestSetSpec
 from gdig_core.generation import generate_translations
 from gdig_core.io import atomic_path, atomic_write_json, atomic_write_text
@@ -62,13 +64,13 @@ def standard_test_sets(src_lang: str, tgt_lang: str) -> list[TestSetSpec]:
     ]
 
 
-def load_test_set(cfg: GdigConfig, spec: TestSetSpec) -> EvalSet:
+def load_test_set(cfg: GdigConfig, spec: TestSetSpec, whole: bool = False) -> EvalSet:
     """Read a test set with the data layer (every line kept, no dedup), cut to the first N lines
-    when the set's ``max_sentences`` (or else ``evaluation.max_sentences``) is set."""
+    when the set's ``max_sentences`` (or else ``evaluation.max_sentences``) is set, unless ``whole``."""
     from gdig_core.data import read_dataset
 
     table = read_dataset(spec, cfg.data, "test", cfg.prompt.language_names).table
-    limit = spec.max_sentences or cfg.evaluation.max_sentences
+    limit = None if whole else spec.max_sentences or cfg.evaluation.max_sentences
     if limit is not None and table.num_rows > limit:
         table = table.slice(0, limit)
     src_langs = set(table.column("src_lang").to_pylist())
@@ -145,45 +147,17 @@ def _add_comet(results: dict[str, dict[str, Any]], tests: list[EvalSet], hyps: d
             atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
 
 
-#: Bytes of float32 logits one teacher-forced batch may hold. The logits are [rows, tokens, vocab]
-#: and the cross-entropy keeps a second copy: Gemma's 262k vocabulary at 64 rows of ~100 tokens
-#: took 17 GiB and was killed for memory on a 24 GiB machine.
-NLL_LOGITS_BYTES = 1 << 30
-
-
-def nll_batch_size(model: Any, encoded: list[Any], cap: int) -> int:
-    """Rows per teacher-forced batch: at most ``cap``, and few enough that the batch's logits
-    stay under ``NLL_LOGITS_BYTES`` at the longest example's length."""
-    vocab = int(model.get_output_embeddings().weight.shape[0])
-    longest = max((len(e.input_ids) for e in encoded), default=1)
-    return max(1, min(cap, NLL_LOGITS_BYTES // (4 * vocab * longest)))
-
-
 def reference_nll(model: Any, tokenizer: Any, test: EvalSet, cfg: GdigConfig) -> dict[str, Any]:
     """Mean NLL per reference token given the prompt (teacher forcing, the training loss):
     ``ref_nll`` pools all tokens, ``ref_nll_sentence`` averages the per-sentence means."""
-    import torch
-
-    from gdig_core.encoding import encode_pairs, iter_batches
-    from gdig_core.hooks import example_losses
+    from gdig_core.nll import target_nll
 
     rows = [{"id": str(i), "src_lang": test.src_lang, "tgt_lang": test.tgt_lang, "src": s, "tgt": r}
             for i, (s, r) in enumerate(zip(test.sources, test.references, strict=True))]
-    encoded = encode_pairs(tokenizer, rows, cfg)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     t0 = time.perf_counter()
-    total, tokens, per_sentence = 0.0, 0, []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for _, batch in iter_batches(encoded, nll_batch_size(model, encoded, cfg.evaluation.batch_size), pad_id):
-                loss_sum, n_tok = example_losses(model, batch)
-                total += float(loss_sum.double().sum())
-                tokens += int(n_tok.sum())
-                per_sentence += (loss_sum.double() / n_tok.clamp(min=1)).tolist()
-    finally:
-        model.train(was_training)
+    loss, n_tok = target_nll(model, tokenizer, rows, cfg, cfg.evaluation.batch_size)
+    total, tokens = float(loss.sum()), int(n_tok.sum())
+    per_sentence = (loss / np.maximum(n_tok, 1)).tolist()
     return {
         "ref_nll": total / max(tokens, 1),
         "ref_nll_sentence": sum(per_sentence) / max(len(per_sentence), 1),
@@ -193,10 +167,12 @@ def reference_nll(model: Any, tokenizer: Any, test: EvalSet, cfg: GdigConfig) ->
 
 
 def translate_and_score(
-    cfg: GdigConfig, model: Any, tokenizer: Any, tests: list[EvalSet], out_dir: str | Path, progress: bool = False
+    cfg: GdigConfig, model: Any, tokenizer: Any, tests: list[EvalSet], out_dir: str | Path, progress: bool = False,
+    nll_tests: dict[str, EvalSet] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
     """Translate every test set with a loaded model and write its files; return the corpus
-    metrics and the hypotheses per test set (COMET not yet added)."""
+    metrics and the hypotheses per test set (COMET not yet added). ``nll_tests`` (by name): the
+    sentences the reference NLL is taken on where they differ from the translated ones."""
     out = Path(out_dir)
     results: dict[str, dict[str, Any]] = {}
     hyps: dict[str, list[str]] = {}
@@ -209,7 +185,8 @@ def translate_and_score(
         metrics = score_test_set(test, hyps[test.name], inside(out, test.name))
         metrics.update(generation_seconds=seconds, sentences_per_s=len(test.sources) / max(seconds, 1e-9))
         if cfg.evaluation.reference_nll:
-            metrics.update(reference_nll(model, tokenizer, test, cfg))
+            on = (nll_tests or {}).get(test.name, test)
+            metrics.update(reference_nll(model, tokenizer, on, cfg), ref_nll_sentences=len(on.sources))
         results[test.name] = metrics
         log.info("%s: BLEU %.2f chrF %.2f (%d sentences, %.1f s)", test.name, metrics["bleu"],
                  metrics["chrf"], len(test.sources), seconds)
@@ -269,8 +246,11 @@ def evaluate_model(
     if len(set(names)) != len(names):
         raise ValueError(f"test set names must be unique: {names}")
     tests = [load_test_set(cfg, spec) for spec in specs]
+    nll_tests = None
+    if cfg.evaluation.reference_nll and cfg.evaluation.reference_nll_sentences == "all":
+        nll_tests = {spec.name: load_test_set(cfg, spec, whole=True) for spec in specs}
     model, tokenizer = load_model(cfg.model, path=model_dir)
-    results, hyps = translate_and_score(cfg, model, tokenizer, tests, out_dir, progress)
+    results, hyps = translate_and_score(cfg, model, tokenizer, tests, out_dir, progress, nll_tests)
     del model  # free the LM before COMET loads its own model
     gc.collect()
     _free_cuda()

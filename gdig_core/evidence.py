@@ -3,7 +3,9 @@
 On a pool with noise labels (``data.noise`` or ``gdig data corrupt``), every score a selection
 method could rank by is put side by side: each scoring model's score variants (mean benefit over
 the seeds, and the fraction of seeds benefited, per curvature), the target NLL under that model,
-the norm of the candidate's gradient, and the cheap text scores (gdig_core.text_filters). For each
+the norm of the candidate's gradient, the cheap text scores (gdig_core.text_filters), OpusFilter's
+standard chain (gdig_core.opusfilter_chain, when installed) and the base model's QE scores
+(gdig_core.qe: each direction's NLL and the dual cross-entropy). For each
 the ROC AUC of ranking clean pairs above each noise kind (``noise_eval.auc_by_kind``), and the
 values themselves for histograms. Everything is aligned to the pool's row order.
 """
@@ -65,15 +67,48 @@ def text_scores(src: Sequence[str], tgt: Sequence[str], tgt_lang: str) -> dict[s
     return {TEXT_SCORE_NAMES.get(k, k): np.asarray(v, dtype=np.float64) for k, v in raw.items()}
 
 
+#: Display names of the QE table's columns (gdig_core.qe), negated NLLs so that higher is better.
+QE_SCORE_NAMES = {"qe": "QE: dual cross-entropy", "nll_fwd": "QE: -NLL target|source", "nll_bwd": "QE: -NLL source|target"}
+OPUSFILTER_SCORE = "OpusFilter chain"
+
+
+def qe_named(ids: Sequence[str], qe: pa.Table) -> dict[str, np.ndarray]:
+    """The QE table's scores under their display names, aligned to ``ids``."""
+    pos = {str(i): k for k, i in enumerate(qe.column("id").to_pylist())}
+    out = {}
+    for col, name in QE_SCORE_NAMES.items():
+        values = qe.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        sign = 1.0 if col == "qe" else -1.0
+        out[name] = np.array([sign * values[pos[i]] if i in pos else np.nan for i in ids])
+    return out
+
+
+def opusfilter_named(src: Sequence[str], tgt: Sequence[str], src_lang: str, tgt_lang: str) -> dict[str, np.ndarray]:
+    """OpusFilter's chain score, or nothing when the library is not installed."""
+    from gdig_core.opusfilter_chain import OpusFilterUnavailable, opusfilter_scores
+
+    try:
+        return {OPUSFILTER_SCORE: opusfilter_scores(list(src), list(tgt), src_lang, tgt_lang)["score"]}
+    except OpusFilterUnavailable:
+        return {}
+
+
 def all_scores(
-    pool: pa.Table, scored: Mapping[str, ScoreTable], tgt_lang: str
+    pool: pa.Table, scored: Mapping[str, ScoreTable], tgt_lang: str, src_lang: str | None = None,
+    qe: pa.Table | None = None,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-    """(pool ids, named scores) for every scoring model and the cheap text scores."""
+    """(pool ids, named scores) for every scoring model, the cheap text scores, OpusFilter's chain
+    (with ``src_lang``) and the QE scores (with ``qe``, the QE stage's table)."""
     ids = [str(i) for i in pool.column("id").to_pylist()]
+    src, tgt = pool.column("src").to_pylist(), pool.column("tgt").to_pylist()
     named: dict[str, np.ndarray] = {}
     for label, table in scored.items():
         named.update(model_scores(ids, table, label))
-    named.update(text_scores(pool.column("src").to_pylist(), pool.column("tgt").to_pylist(), tgt_lang))
+    named.update(text_scores(src, tgt, tgt_lang))
+    if src_lang is not None:
+        named.update(opusfilter_named(src, tgt, src_lang, tgt_lang))
+    if qe is not None:
+        named.update(qe_named(ids, qe))
     return ids, named
 
 

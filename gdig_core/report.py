@@ -21,10 +21,10 @@ from gdig_core.io import atomic_path, atomic_write_json, atomic_write_text
 METRICS = ("bleu", "chrf", "comet", "ref_nll")
 #: Row order in tables: the paper's method first, then the baselines, filters and the oracle.
 METHOD_ORDER = ("zero-shot", "gdig", "quality", "diversity", "random", "full", "nll", "length_ratio", "copy",
-                "language_id", "cheap", "oracle")
+                "language_id", "cheap", "opusfilter", "qe", "oracle")
 #: Method kinds by role, for the verdict.
 INFLUENCE_KINDS = ("gdig", "quality")
-FILTER_KINDS = ("nll", "length_ratio", "copy", "language_id", "cheap")
+FILTER_KINDS = ("nll", "length_ratio", "copy", "language_id", "cheap", "opusfilter", "qe")
 
 
 def metric_table(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, float]]:
@@ -234,6 +234,9 @@ def build_report(
     stage_times: Sequence[Mapping[str, Any]] = (),
     config_yaml: str | None = None,
     command: str | None = None,
+    significance: Sequence[Mapping[str, Any]] = (),
+    costs: Sequence[Mapping[str, Any]] = (),
+    pool_profile: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.png``, ``comparison.csv`` and ``comparison.json``; return
     ``{"rows": ..., "markdown": ...}``.
@@ -243,7 +246,12 @@ def build_report(
     deviation); ``score_aucs`` (gdig_core.evidence.auc_rows) adds the AUC of every score per noise
     kind, ``histogram`` names a PNG of score distributions in ``out_dir``, ``stage_times`` lists
     ``{stage, seconds, cached}``, and ``config_yaml``/``command`` say exactly what ran.
+    ``significance`` (gdig_core.report_evidence.significance_rows) adds the paired tests,
+    ``costs`` (report_evidence.method_costs) what each method cost, ``pool_profile`` the pool's
+    lengths beside each selection's; a cascade run with its ablation gets an ablation table.
     """
+    from gdig_core import report_evidence as ev
+
     out = Path(out_dir)
     rows = comparison_rows(evaluations, selections)
     has_plot = plot_comparison(rows, out / "report.png")
@@ -258,6 +266,32 @@ def build_report(
         lines = verdict(rows, f"{test}/bleu")
         if lines:
             parts += [f"\n### Verdict on {test} BLEU\n", *(f"- {line}\n" for line in lines)]
+    if significance:
+        parts += ["\n## Significance (paired bootstrap, sacrebleu)\n",
+                  "Each influence method against random, the best field filter (the best of opusfilter, qe and "
+                  "cheap on that test set) and the QE baseline: sacrebleu's two-sided paired bootstrap "
+                  "(1,000 resamples) per finetuning seed and over the shared seeds (their hypotheses "
+                  "concatenated). `delta` = system - baseline.\n\n",
+                  *(f"- {line}\n" for line in ev.significance_verdicts(significance)),
+                  "\n", markdown_table(significance)]
+    ablation = ev.ablation_rows(rows)
+    if ablation:
+        parts += ["\n## Ablation of the cascade\n",
+                  "Each part of the cascade (pre-filters, influence ranking, k-means) removed in turn at the "
+                  "same budget, and the controls that replace the influence ranking by a random pick or by "
+                  "the QE ranking after the same pre-filters (`vs full`: variant - full cascade).\n\n",
+                  markdown_table(ablation)]
+    if costs:
+        parts += ["\n## Cost of each method\n",
+                  "Compute each selection needs before finetuning (minutes, as the stages were computed on "
+                  "this machine): influence methods pay curvature, seed preconditioning and scoring at their "
+                  "model; QE methods the QE stage; rule filters only their own selection step.\n\n",
+                  markdown_table(costs)]
+    lengths = ev.length_rows(selections, pool_profile)
+    if lengths:
+        parts += ["\n## Length profile of each selection\n",
+                  "Characters and whitespace words per side (mean, median) and the mean target/source "
+                  "character ratio.\n\n", markdown_table(lengths)]
     if has_plot:
         parts.append("\n![comparison](report.png)\n")
     method_aucs = method_auc_rows(selections)

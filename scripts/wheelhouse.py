@@ -120,10 +120,17 @@ def parse_provided(lines: Iterable[str]) -> dict[str, str | None]:
     return out
 
 
-def project_requirements(pyproject: Path, with_prefect: bool = True) -> tuple[list[str], list[str]]:
-    """gdig's runtime dependencies, and its build requirements (an editable install builds it)."""
+def project_requirements(
+    pyproject: Path, with_prefect: bool = True, extras: Iterable[str] = ()
+) -> tuple[list[str], list[str]]:
+    """gdig's runtime dependencies (with those of ``extras``), and its build requirements (an
+    editable install builds it)."""
     data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    reqs = list(data["project"]["dependencies"])
+    optional = data["project"].get("optional-dependencies", {})
+    unknown = [e for e in extras if e not in optional]
+    if unknown:
+        raise SystemExit(f"pyproject.toml has no extra {unknown[0]!r}; have {sorted(optional)}")
+    reqs = list(data["project"]["dependencies"]) + [r for e in extras for r in optional[e]]
     if not with_prefect:
         reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) != "prefect"]
     return reqs, list(data["build-system"]["requires"])
@@ -306,7 +313,8 @@ def build(args: argparse.Namespace) -> dict:
     for f in args.provided_file:
         provided |= parse_provided(Path(f).read_text(encoding="utf-8").splitlines())
     provided |= parse_provided(args.provided)
-    reqs, build_reqs = project_requirements(ROOT / "pyproject.toml", with_prefect=not args.no_prefect)
+    reqs, build_reqs = project_requirements(ROOT / "pyproject.toml", with_prefect=not args.no_prefect,
+                                             extras=args.extra)
     reqs += list(args.require)
     dists = resolve(reqs + build_reqs, target, pip)
     for _ in range(5):  # what only the target's markers require: resolved on its own, then merged
@@ -379,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--provided", action="append", default=[], help="NAME[==VERSION] installed on the target")
     ap.add_argument("--provided-file", action="append", default=[], help="file of --provided entries")
     ap.add_argument("--no-deps-extra", action="append", default=[], help="also this wheel, without its dependencies")
+    ap.add_argument("--extra", action="append", default=[], help="also the requirements of this pyproject extra")
     ap.add_argument("--no-prefect", action="store_true", help="leave prefect out (gdig_core only)")
     ap.add_argument("--alone", action="append", default=None, help=f"name pattern of wheels that get a part each (default {DEFAULT_ALONE})")
     ap.add_argument("--fallback", action="store_true",

@@ -409,7 +409,7 @@ def test_reference_nll_batches_shrink_to_the_logits_budget(
 ) -> None:
     """A large vocabulary's logits would not fit at the generation batch size: the teacher-forced
     batches shrink to the byte budget (here one row) and the NLL stays the same."""
-    from gdig_core import evaluation
+    from gdig_core import evaluation, nll
     from gdig_core.encoding import encode_pairs
     from gdig_core.models import load_model
 
@@ -419,10 +419,10 @@ def test_reference_nll_batches_shrink_to_the_logits_budget(
     test = evaluation.EvalSet("t", "de", "en", [r["src"] for r in rows], [r["tgt"] for r in rows])
     whole = evaluation.reference_nll(model, tok, test, cfg)
     encoded = encode_pairs(tok, [{**r, "id": str(i)} for i, r in enumerate(rows)], cfg)
-    assert evaluation.nll_batch_size(model, encoded, 4) == 4
+    assert nll.nll_batch_size(model, encoded, 4) == 4
     vocab = model.get_output_embeddings().weight.shape[0]
-    monkeypatch.setattr(evaluation, "NLL_LOGITS_BYTES", 4 * vocab * max(len(e.input_ids) for e in encoded))
-    assert evaluation.nll_batch_size(model, encoded, 4) == 1
+    monkeypatch.setattr(nll, "NLL_LOGITS_BYTES", 4 * vocab * max(len(e.input_ids) for e in encoded))
+    assert nll.nll_batch_size(model, encoded, 4) == 1
     one_row = evaluation.reference_nll(model, tok, test, cfg)
     assert one_row["ref_nll_tokens"] == whole["ref_nll_tokens"]
     assert one_row["ref_nll"] == pytest.approx(whole["ref_nll"], rel=1e-5)

@@ -129,7 +129,8 @@ def test_every_method_writes_a_reason_for_every_candidate(setting, tmp_path) -> 
     cfg = SelectionConfig(quality_rule="topk", top_k=3, n_clusters=2)
     for kind in method_names():
         spec = MethodSpec(name=kind, method=kind, prefilter=["copy"] if kind == "quality" else [])
-        select(scores, pool, cfg, spec, 2, tmp_path / kind, plots=False, labels=LABELS, tgt_lang="en")
+        select(scores, pool, cfg, spec, 2, tmp_path / kind, plots=False, labels=LABELS, tgt_lang="en",
+               qe={str(i): -float(k) for k, i in enumerate(scores.ids)})
         rows = pq.read_table(tmp_path / kind / "candidates.parquet").to_pylist()
         assert len(rows) == 6 and all(r["reason"] for r in rows), kind
         assert all(r["reason"] != "not selected" for r in rows), (kind, rows)

@@ -31,6 +31,8 @@ EXPECTED: dict[str, list[str]] = {
     "data": ["data.src_lang", "data.tgt_lang", "data.pool.*", "data.seed.*", "data.quarantine_pool", "data.dedup",
              "data.max_chars", "data.sample_seed", "data.noise", "prompt.language_names"],
     "base-model": ["model.tiny.*"],
+    # Two teacher-forced passes of the pool under the base model's prompt.
+    "qe": [*_PROMPT, *_MODEL_LOAD, "qe.batch_size"],
     "reference": [*_PROMPT, *_MODEL_ALL, "reference.sample", "reference.train.seed",
                   *[f"reference.train.{f}" for f in _TRAIN]],
     # The score variants decide which statistics passes the preconditioners they need take;
@@ -61,13 +63,13 @@ EXPECTED: dict[str, list[str]] = {
     # The target language feeds the text filters (language id, length ratio).
     "selection": ["data.tgt_lang", "selection.quality_rule", "selection.tau", "selection.min_mean", "selection.top_k",
                   "selection.top_k_per_budget", "selection.n_clusters", "selection.cluster_size_hint", "selection.kmeans_algorithm",
-                  "selection.kmeans_max_iter", "selection.shortfall", "selection.seed"],
+                  "selection.kmeans_max_iter", "selection.shortfall", "selection.seed", "selection.qe_keep"],
     # The finetune seed comes from finetune.seeds (the key of seed 0 is computed here).
     "finetune": [*_PROMPT, *_MODEL_ALL, *[f"finetune.train.{f}" for f in _TRAIN]],
     # read_dataset gets the whole data section, so the reader's settings count for test sets too.
     "evaluation": [*_PROMPT, *_MODEL_LOAD, "evaluation.test_sets", "evaluation.max_sentences",
                    "evaluation.batch_size", "evaluation.max_new_tokens", "evaluation.num_beams", "evaluation.bf16",
-                   "evaluation.max_new_tokens_ratio", "evaluation.reference_nll",
+                   "evaluation.max_new_tokens_ratio", "evaluation.reference_nll", "evaluation.reference_nll_sentences",
                    "evaluation.comet_model", "data.src_lang", "data.tgt_lang", "data.max_chars", "data.dedup",
                    "data.quarantine_pool", "data.sample_seed"],
     # The report prints the whole config (and the command), so every field is in its key.
@@ -80,6 +82,8 @@ REPORT_ONLY = ["name", "scoring.models", "data.data_dir", "model.device", "model
             "selection.methods", "finetune.enabled", "finetune.seeds", "finetune.train.seed",
             "finetune.train.save_every", "finetune.train.save_every_minutes", "finetune.train.keep_checkpoints",
             "evaluation.enabled", "evaluation.zero_shot", "orchestration.*",
+            # Whether the QE stage runs; its scores are the selections' inputs when it does.
+            "qe.enabled",
             # Pins replace stages by their outputs, whose hashes are the next stages' inputs.
             "pin.*"]
 #: Fields that cannot change alone (scoring.path 'store' needs the store; pin.reference needs
@@ -232,7 +236,11 @@ EXPECTED_CODE: dict[str, set[str]] = {
     # Not the data stage: data.py no longer re-exports the encoding functions it never calls.
     "encoding": _ALL - {"data", "base-model", "selection", "report"},
     "models": _ALL - {"data", "selection", "report"},
-    "hooks": {"reference", "curvature", "precondition", "scoring", "scoring-rows", "gradients", "finetune", "evaluation"},
+    "hooks": {"reference", "curvature", "precondition", "scoring", "scoring-rows", "gradients", "finetune", "evaluation",
+              "qe"},
+    # The teacher-forced loop of the reference NLL and of both QE directions.
+    "nll": {"qe", "evaluation"},
+    "qe": {"qe"},
     "training": {"reference", "finetune"},
     "checkpointing": {"reference", "finetune"},
     "curvature": {"curvature", "precondition", "scoring", "scoring-rows", "gradients"},
@@ -249,10 +257,13 @@ EXPECTED_CODE: dict[str, set[str]] = {
                                                  "plots", "quality", "registry", "run")},
     "selection/__init__": set(),
     "text_filters": {"selection", "report"},
+    "opusfilter_chain": {"selection", "report"},
+    "report_evidence": {"report"},
+    "significance": {"report"},
     "noise_eval": {"selection", "report"},
     "evaluation": {"evaluation"},
     "generation": {"evaluation"},
-    "metrics": {"evaluation"},
+    "metrics": {"evaluation", "report"},  # the paired tests use its BLEU tokeniser
     "report": {"report"},
     "evidence": {"report"},
     # weak_mt: only the data stage with data.noise.weak_mt set (not in the default config).

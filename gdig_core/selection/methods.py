@@ -13,6 +13,9 @@
 - ``length_ratio``, ``copy``, ``language_id``, ``cheap``: the B best by a cheap per-pair score
   (gdig_core.text_filters: length ratio, not-a-copy, target-language identification, and the
   combined filter an MT engineer would use).
+- ``opusfilter``: the B best by OpusFilter's standard chain (gdig_core.opusfilter_chain: pairs
+  passing every filter first, ties by language-id confidence): the field's cleaning baseline.
+- ``qe``: the B best by the LLM's dual conditional cross-entropy (gdig_core.qe).
 - ``oracle``: B drawn uniformly from the clean candidates (needs noise labels: an experiment's
   upper bound, never a method for real data).
 """
@@ -44,7 +47,8 @@ from gdig_core.selection.quality import QualityResult, SelectionError
 from gdig_core.selection.registry import register
 
 #: Methods that rank by a cheap per-pair text score (gdig_core.text_filters), by score name.
-TEXT_FILTERS = {"length_ratio": "length_ratio", "copy": "copy", "language_id": "language_id", "cheap": "combined"}
+TEXT_FILTERS = {"length_ratio": "length_ratio", "copy": "copy", "language_id": "language_id", "cheap": "combined",
+                "opusfilter": "opusfilter"}
 
 
 @register("gdig")
@@ -205,6 +209,11 @@ def _text_filter(kind: str, score_name: str) -> None:
 
 for _kind, _score in TEXT_FILTERS.items():
     _text_filter(_kind, _score)
+
+
+@register("qe")
+def _qe(inp: MethodInput) -> Plan:
+    return ranked_plan(inp.ctx.text_score("qe"), inp.q, inp.budget, inp.tie, "QE (dual cross-entropy)")
 
 
 @register("oracle")

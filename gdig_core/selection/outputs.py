@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,9 @@ def selected_table(scores: ScoreTable, pool: pa.Table, plan: Plan) -> pa.Table:
     return table.append_column("reason", pa.array(plan.reasons, type=pa.string()))
 
 
-def candidates_table(scores: ScoreTable, plan: Plan, q: QualityResult) -> pa.Table:
+def candidates_table(scores: ScoreTable, plan: Plan, q: QualityResult, qe: np.ndarray | None = None) -> pa.Table:
+    """Every candidate's status, score, ranks, cluster and reason (and its QE score when the run
+    computed one)."""
     n = len(scores.ids)
     rank = np.zeros(n, dtype=np.int64)
     rank[plan.picked] = np.arange(1, len(plan.picked) + 1)
@@ -65,7 +68,7 @@ def candidates_table(scores: ScoreTable, plan: Plan, q: QualityResult) -> pa.Tab
             "cluster_rank": opt_int(plan.cluster_rank, pa.int64()),
             "distance": pa.array(dist, type=pa.float32(), from_pandas=True),
             "reason": pa.array(row_reasons(plan, scores, q), type=pa.string()),
-        }
+        } | ({"qe": pa.array(qe, type=pa.float64(), from_pandas=True)} if qe is not None else {})
     )
 
 
@@ -121,6 +124,24 @@ def summary_record(
         # Without the lists of budgets and methods: they do not change this selection, and
         # leaving them out keeps the file identical when only another budget is added.
         "config": cfg.model_dump(mode="json", exclude={"budgets", "methods"}),
+    }
+
+
+def length_profile(src: Sequence[str], tgt: Sequence[str]) -> dict[str, float | None]:
+    """Lengths of a set of pairs (characters and whitespace words, mean and median) and the mean
+    target/source character ratio: on a natural pool, where selections differ subtly, a method
+    that only prefers short or long pairs shows here."""
+    if not len(src):
+        return {k: None for k in ("src_chars", "tgt_chars", "src_chars_median", "tgt_chars_median",
+                                  "src_words", "tgt_words", "tgt_src_ratio")}
+    s = np.array([len(x) for x in src], dtype=np.float64)
+    t = np.array([len(x) for x in tgt], dtype=np.float64)
+    return {
+        "src_chars": float(s.mean()), "tgt_chars": float(t.mean()),
+        "src_chars_median": float(np.median(s)), "tgt_chars_median": float(np.median(t)),
+        "src_words": float(np.mean([len(x.split()) for x in src])),
+        "tgt_words": float(np.mean([len(x.split()) for x in tgt])),
+        "tgt_src_ratio": float(np.mean((t + 1) / (s + 1))),
     }
 
 

@@ -9,6 +9,7 @@ ranking breaks ties by candidate id (:func:`id_order`).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -123,13 +124,28 @@ def describe_rule(cfg: SelectionConfig, budget: int) -> str:
 
 
 def quality_rank(
-    scores: ScoreTable, cfg: SelectionConfig, budget: int, tie: np.ndarray | None = None
+    scores: ScoreTable, cfg: SelectionConfig, budget: int, tie: np.ndarray | None = None,
+    prefilter: Callable[[np.ndarray], tuple[np.ndarray, dict[str, int], dict[int, str]]] | None = None,
+    prefilter_names: Sequence[str] = (),
 ) -> QualityResult:
-    """Eligibility, the quality set and its ranking by mean benefit (ties by id)."""
+    """Eligibility, the quality set and its ranking by mean benefit (ties by id).
+
+    ``prefilter`` (eligible -> (kept, count per pre-filter, row -> reason), see
+    gdig_core.selection.context.prefilter_keep) runs before the quality rule, so a ``topk`` quality
+    set is the top k of what the pre-filters kept: the cascade pre-filters -> influence ranking."""
     eligible, excluded = eligible_mask(scores)
+    exclusion = exclusion_reasons(scores, eligible)
+    rule = describe_rule(cfg, budget)
+    if prefilter is not None:
+        kept, counts, why = prefilter(eligible)
+        excluded = {**excluded, **counts}
+        for i, reason in why.items():
+            exclusion[i] = reason
+        eligible = kept
+        rule += " after pre-filters " + "+".join(prefilter_names)
     mask = quality_mask(scores, cfg, budget, eligible)
     order = rank_by_benefit(scores, np.flatnonzero(mask), tie)
-    return QualityResult(eligible, mask, order, excluded, describe_rule(cfg, budget), exclusion_reasons(scores, eligible))
+    return QualityResult(eligible, mask, order, excluded, rule, exclusion)
 
 
 def exclusion_reasons(scores: ScoreTable, eligible: np.ndarray) -> np.ndarray:

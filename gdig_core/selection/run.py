@@ -21,7 +21,7 @@ import pyarrow as pa
 from gdig_core.config import MethodSpec, SelectionConfig, method_spec
 from gdig_core.io import atomic_write_json, atomic_write_text
 from gdig_core.selection import methods as _builtin_methods  # noqa: F401  (registers the built-ins)
-from gdig_core.selection.context import PairContext, pair_context, prefiltered
+from gdig_core.selection.context import PairContext, pair_context, prefilter_keep
 from gdig_core.selection.layout import (
     CANDIDATES,
     OUTPUT_FILES,
@@ -32,6 +32,7 @@ from gdig_core.selection.layout import (
 )
 from gdig_core.selection.outputs import (
     candidates_table,
+    length_profile,
     noise_summary,
     selected_table,
     summary_record,
@@ -80,7 +81,7 @@ def _spec(method: str | MethodSpec) -> MethodSpec:
 def effective_config(cfg: SelectionConfig, spec: MethodSpec) -> SelectionConfig:
     """The selection section as one method sees it: with the method's own overrides applied and
     without the lists of methods and budgets (they do not change what one selection picks)."""
-    keys = ("quality_rule", "tau", "top_k", "min_mean", "shortfall", "seed")
+    keys = ("quality_rule", "tau", "top_k", "min_mean", "shortfall", "seed", "qe_keep")
     update = {k: getattr(spec, k) for k in keys if getattr(spec, k) is not None}
     return SelectionConfig.model_validate(cfg.model_dump(exclude={"budgets", "methods"}) | update)
 
@@ -104,7 +105,11 @@ def plan_selection(
     except KeyError as err:
         raise SelectionError(str(err.args[0])) from None
     tie = id_order(scores.ids)
-    q = prefiltered(quality_rank(scores, settings, budget, tie), spec, ctx)
+    keep = None
+    if spec.prefilter:
+        def keep(eligible: np.ndarray) -> tuple:  # noqa: ANN202 - the pre-filters of this method
+            return prefilter_keep(eligible, spec, ctx, settings.qe_keep)
+    q = quality_rank(scores, settings, budget, tie, prefilter=keep, prefilter_names=spec.prefilter)
     registered = get_method(spec.method)
     assert registered is not None  # _spec checked it
     plan = registered.plan(MethodInput(scores, q, settings, budget, tie, ctx, spec.method))
@@ -121,6 +126,7 @@ def select(
     plots: bool = True,
     labels: dict[str, str] | None = None,
     tgt_lang: str | None = None,
+    qe: dict[str, float] | None = None,
 ) -> SelectionResult:
     """Select ``budget`` candidates with ``method`` and write every output file into ``out_dir``.
 
@@ -128,7 +134,8 @@ def select(
     (columns ``id, src_lang, tgt_lang, src, tgt``) holding every scored id. ``method`` is a
     registered kind or a :class:`~gdig_core.config.MethodSpec`. ``labels`` (id -> noise label)
     enables the clean oracle and adds the clean share and the ROC AUC of the method's score per
-    noise kind to ``summary.json``. Raises :class:`SelectionError` for a non-positive budget, an
+    noise kind to ``summary.json``. ``qe`` (id -> dual cross-entropy score, gdig_core.qe) serves the
+    ``qe`` method and pre-filter. Raises :class:`SelectionError` for a non-positive budget, an
     unknown method, a missing score variant or ids missing from the pool. Each file is written
     atomically and ``summary.json`` last, after the previous one was removed: a directory with a
     ``summary.json`` holds one complete selection.
@@ -140,7 +147,7 @@ def select(
         scores = scores.for_variant(spec.variant)
     except KeyError as err:
         raise SelectionError(str(err.args[0])) from None
-    ctx = pair_context(scores, pool, labels, tgt_lang)
+    ctx = pair_context(scores, pool, labels, tgt_lang, qe)
     plan, q = plan_selection(scores, cfg, spec, budget, ctx)
     eff = effective_config(cfg, spec)
     (out / SUMMARY).unlink(missing_ok=True)  # until the new files are all in place
@@ -149,6 +156,7 @@ def select(
         log.warning("selection %s b%d: %s", spec.name, budget, plan.shortfall["message"])
     selected = selected_table(scores, pool, plan)
     summary = summary_record(scores, eff, spec, budget, plan, q)
+    summary["length_profile"] = length_profile(selected.column("src").to_pylist(), selected.column("tgt").to_pylist())
     if ctx.labels is not None:
         summary["noise"] = noise_summary(ctx.labels, plan)
     files = {
@@ -158,7 +166,7 @@ def select(
     }
     write_parquet(files["selected_parquet"], selected)
     write_jsonl(files["selected_jsonl"], selected)
-    write_parquet(files["candidates"], candidates_table(scores, plan, q))
+    write_parquet(files["candidates"], candidates_table(scores, plan, q, ctx.qe))
     if plots:
         from gdig_core.selection.plots import write_plots  # matplotlib only when plotting
 

@@ -189,7 +189,9 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         hooks,
         models,
         preconditioners,
+        qe,
         report,
+        report_evidence,
         seed_preconditioning,
         selection,
         training,
@@ -207,6 +209,8 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
                                         src_lang=cfg.data.src_lang, tgt_lang=cfg.data.tgt_lang,
                                         batch_size=weak.batch_size, max_new_tokens=weak.max_new_tokens)
         return calls
+    if stage == "qe":
+        return _model_calls(cfg) | {"qe": CoreCall(qe.score_pool, cfg=cfg, batch_size=cfg.qe.batch_size)}
     if stage == "base-model":
         return {"build": CoreCall(models.build_tiny_model, cfg=cfg.model.tiny, seed=0)}
     if stage == "reference":
@@ -258,13 +262,14 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         return {"report": CoreCall(report.build_report, title=f"G-DIG report: {cfg.name}",
                                    config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
                                    command=params.get("command")),
-                "evidence": CoreCall(evidence.all_scores, tgt_lang=cfg.data.tgt_lang)}
+                "evidence": CoreCall(evidence.all_scores, src_lang=cfg.data.src_lang, tgt_lang=cfg.data.tgt_lang),
+                "significance": CoreCall(report_evidence.significance_rows, tgt_lang=cfg.data.tgt_lang)}
     raise KeyError(f"no stage {stage!r}")
 
 
 #: Stages and the parameters a key of each needs (for tests and tools that list every key).
 STAGES: dict[str, dict[str, Any]] = {
-    "data": {}, "base-model": {}, "reference": {}, "curvature": {}, "precondition": {}, "scoring": {},
+    "data": {}, "base-model": {}, "qe": {}, "reference": {}, "curvature": {}, "precondition": {}, "scoring": {},
     "scoring-rows": {}, "gradients": {},
     "selection": {"method": "gdig", "budget": 100}, "finetune": {"seed": 0}, "evaluation": {}, "report": {},
 }

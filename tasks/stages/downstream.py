@@ -15,6 +15,7 @@ from tasks.caching.stage_keys import key_parts, stage_calls
 from tasks.runtime.faults import kill_point
 from tasks.runtime.gpu_slots import gpu_slot
 from tasks.stages.common import TASK_OPTS, pool_hash, raw_file_hashes, stage_state
+from tasks.stages.qe import qe_scores
 
 #: What a finetune and its evaluation carry from the selection they came from (report labels).
 _SELECTION_KEYS = ("method", "kind", "model", "budget", "size")
@@ -37,7 +38,8 @@ def noise_labels(data: StageOutput) -> dict[str, str] | None:
 
 @task(name="select", **TASK_OPTS)
 def select_task(
-    cfg: GdigConfig, run_dir: str, data: StageOutput, scores: StageOutput, spec: MethodSpec, budget: int
+    cfg: GdigConfig, run_dir: str, data: StageOutput, scores: StageOutput, spec: MethodSpec, budget: int,
+    qe: StageOutput | None = None,
 ) -> StageOutput:
     """One method at one budget: ``selected.parquet``/``.jsonl``, ``candidates.parquet``, ``summary.json``."""
     from gdig_core.data import read_pairs
@@ -47,15 +49,18 @@ def select_task(
     def compute(out: Path, work: Path) -> dict[str, Any]:
         shard_paths = sorted(Path(scores.dir).glob("scores/*.parquet"))
         result = select(read_scores(shard_paths), read_pairs(data.path("pool.parquet")), cfg.selection, spec, budget,
-                        out, labels=noise_labels(data), tgt_lang=cfg.data.tgt_lang)
+                        out, labels=noise_labels(data), tgt_lang=cfg.data.tgt_lang, qe=qe_scores(qe))
         return {"method": spec.name, "kind": spec.method, "model": scores.summary.get("model"), "budget": budget,
                 "size": result.size, "shortfall": result.shortfall["message"] if result.shortfall else None,
-                "noise": result.summary.get("noise")}
+                "noise": result.summary.get("noise"), "length_profile": result.summary.get("length_profile"),
+                "prefilter": list(spec.prefilter)}
 
     label = selection_label(spec.name, budget, spec.method)
     inputs = {"scores": scores.digest("scores"), "pool": pool_hash(data)}
     if data.path("noise_labels.parquet").exists():
         inputs["labels"] = data.digest("noise_labels.parquet")
+    if qe is not None:
+        inputs["qe"] = qe.digest()
     result = run_stage(
         run_dir, "selection", inputs, *key_parts(stage_calls("selection", cfg, method=spec, budget=budget)),
         compute, label=label,

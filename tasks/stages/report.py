@@ -15,6 +15,13 @@ from tasks.caching.stage_cache import StageOutput, run_stage
 from tasks.caching.stage_keys import key_parts, stage_calls
 from tasks.stages.common import TASK_OPTS, stage_state
 from tasks.stages.downstream import noise_labels
+from tasks.stages.qe import QE_FILE
+
+
+def read_pool(data: StageOutput) -> Any:
+    from gdig_core.data import read_pairs
+
+    return read_pairs(data.path("pool.parquet"))
 
 
 def _stage_label(out: StageOutput) -> str:
@@ -37,6 +44,27 @@ def _labels(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "metrics"}
 
 
+def evaluation_hyps(
+    evaluations: list[StageOutput], tgt_lang: str
+) -> tuple[dict[str, dict[int, dict[str, list[str]]]], dict[str, list[str]]]:
+    """(method -> finetuning seed -> test set -> hypotheses, test set -> references) from the
+    evaluation stages' files, for the paired tests (zero-shot left out)."""
+    from gdig_core.evaluation import read_lines
+
+    hyps: dict[str, dict[int, dict[str, list[str]]]] = {}
+    refs: dict[str, list[str]] = {}
+    for e in evaluations:
+        s = e.summary
+        if not isinstance(s.get("seed"), int):
+            continue
+        for test_dir in sorted(p for p in Path(e.dir).iterdir() if p.is_dir()):
+            hyp, ref = test_dir / f"hypotheses.{tgt_lang}", test_dir / f"reference.{tgt_lang}"
+            if hyp.exists() and ref.exists():
+                hyps.setdefault(str(s["method"]), {}).setdefault(int(s["seed"]), {})[test_dir.name] = read_lines(hyp)
+                refs.setdefault(test_dir.name, read_lines(ref))
+    return hyps, refs
+
+
 def score_path_note(label: str, summary: dict[str, Any]) -> str:
     """Which path produced the scores at one model, and how many rows this run computed."""
     rows = f"{summary.get('rows_scored')} rows computed and {summary.get('rows_reused')} reused from earlier runs when these scores were made"
@@ -52,7 +80,7 @@ def score_path_note(label: str, summary: dict[str, Any]) -> str:
 def report_task(
     cfg: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput],
     selections: list[StageOutput], evaluations: list[StageOutput], stages: list[StageOutput],
-    command: str | None = None,
+    command: str | None = None, qe: StageOutput | None = None,
 ) -> StageOutput:
     calls = stage_calls("report", cfg, command=command)
 
@@ -70,20 +98,34 @@ def report_task(
         aucs: list[dict[str, Any]] = []
         histogram = None
         if labels:
-            from gdig_core.data import read_pairs
             from gdig_core.evidence import auc_rows, plot_histograms
             from gdig_core.scores import read_scores
 
             tables = {label: read_scores(sorted(Path(o.dir).glob("scores/*.parquet"))) for label, o in scores.items()}
-            ids, named = calls["evidence"](read_pairs(data.path("pool.parquet")), tables)
+            qe_table = None
+            if qe is not None:
+                from gdig_core.qe import read_qe
+
+                qe_table = read_qe(qe.path(QE_FILE))
+            ids, named = calls["evidence"](read_pool(data), tables, qe=qe_table)
             aucs = auc_rows(ids, named, labels)
             if plot_histograms(ids, named, labels, str(out / "score_distributions.png")):
                 histogram = "score_distributions.png"
+        from gdig_core.report import comparison_rows
+        from gdig_core.report_evidence import method_costs
+        from gdig_core.selection.outputs import length_profile
+
+        eval_rows, sel_rows = [e.summary for e in evaluations], [s.summary for s in selections]
+        hyps, refs = evaluation_hyps(evaluations, cfg.data.tgt_lang)
+        significance = calls["significance"](comparison_rows(eval_rows, sel_rows), hyps, refs) if hyps else []
+        pool_table = read_pool(data)
+        times = stage_times(stages)
         result = calls["report"](
-            [e.summary for e in evaluations], [s.summary for s in selections], out,
-            notes=notes, score_aucs=aucs, histogram=histogram, stage_times=stage_times(stages),
+            eval_rows, sel_rows, out, notes=notes, score_aucs=aucs, histogram=histogram, stage_times=times,
+            significance=significance, costs=method_costs(sel_rows, times),
+            pool_profile=length_profile(pool_table.column("src").to_pylist(), pool_table.column("tgt").to_pylist()),
         )
-        return {"rows": result["rows"], "score_aucs": aucs}
+        return {"rows": result["rows"], "score_aucs": aucs, "significance": significance}
 
     # Content of what is reported, so an identical recomputed selection keeps the report cached.
     # Labels (method, budget, seed) are what the report shows beside the outputs: hash them too. An
@@ -93,6 +135,7 @@ def report_task(
                                                  for e in evaluations)),
               "scores": text_sha256(*sorted(f"{k}={o.digest()}:{score_path_note(k, o.summary)}" for k, o in scores.items())),
               "data": data.digest(),
+              "qe": qe.digest() if qe is not None else "none",
               "stages": text_sha256(json.dumps(stage_times(stages), sort_keys=True))}
     result = run_stage(run_dir, "report", inputs, *key_parts(calls), compute)
     return stage_state(result, result.cached, "report")
