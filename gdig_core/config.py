@@ -341,6 +341,9 @@ class MethodSpec(Section):
     #: by influence), and the controls pre-filters then random and pre-filters then the QE ranking.
     #: Each is a method of its own, named ``<name>.<what changed>`` (see ablation_specs).
     ablation: bool = False
+    #: Set on the methods an ablation generated: the cascade's name (they are made again from it
+    #: whenever the config is validated, so a dumped and reloaded config is the same).
+    ablation_of: str | None = None
     #: Finetuning seeds for this selection; None: finetune.seeds.
     finetune_seeds: list[int] | None = None
 
@@ -382,7 +385,7 @@ def ablation_specs(spec: MethodSpec) -> list[MethodSpec]:
         raise ValueError(f"selection method {spec.name!r}: ablation is defined for a gdig cascade, not {spec.method!r}")
     if not spec.prefilter:
         raise ValueError(f"selection method {spec.name!r}: ablation needs pre-filters (the cascade's first part)")
-    base = spec.model_dump() | {"ablation": False}
+    base = spec.model_dump() | {"ablation": False, "ablation_of": spec.name}
     out = [MethodSpec.model_validate(base | {"name": f"{spec.name}.no-{f}", "prefilter": [p for p in spec.prefilter if p != f]})
            for f in spec.prefilter]
     for suffix, method in zip(ABLATION_SUFFIXES, ("diversity", "quality", "random", "qe"), strict=True):
@@ -445,7 +448,8 @@ class SelectionConfig(Section):
     def _unique_names(cls, value: list[MethodSpec]) -> list[MethodSpec]:
         if not value:
             raise ValueError("selection.methods is empty")
-        value = [m for spec in value for m in ([spec, *ablation_specs(spec)] if spec.ablation else [spec])]
+        value = [m for spec in value if spec.ablation_of is None
+                 for m in ([spec, *ablation_specs(spec)] if spec.ablation else [spec])]
         names = [m.name for m in value]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

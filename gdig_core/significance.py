@@ -24,6 +24,8 @@ SIGNIFICANCE_LEVEL = 0.05
 
 
 def _metrics(tgt_lang: str) -> dict[str, Any]:
+    """The corpus metrics of gdig_core.metrics, keyed as PairedTest keys its results (the
+    metrics' own names, e.g. ``BLEU`` and ``chrF2``); ours by our names."""
     from sacrebleu.metrics import BLEU, CHRF
 
     return {"bleu": BLEU(tokenize=bleu_tokenizer(tgt_lang)[0]), "chrf": CHRF()}
@@ -33,8 +35,10 @@ def paired_bootstrap(
     system: Sequence[str], baseline: Sequence[str], references: Sequence[str], tgt_lang: str,
     n_samples: int = N_SAMPLES,
 ) -> dict[str, dict[str, float]]:
-    """``{metric: {system, baseline, delta, p_value, ci}}`` for BLEU and chrF (``ci``: half-width
-    of the system's 95% bootstrap interval)."""
+    """``{metric: {system_score, baseline_score, delta, p_value, ci}}`` for BLEU and chrF (``ci``:
+    half-width of the system's 95% bootstrap interval). Identical hypotheses get ``p_value`` 1:
+    sacrebleu's test would give them its smallest p-value, and two methods that selected the same
+    pairs share one cached model, so this is a real case."""
     from sacrebleu.significance import PairedTest
 
     if not (len(system) == len(baseline) == len(references)) or not references:
@@ -43,16 +47,21 @@ def paired_bootstrap(
     quiet = logging.getLogger("sacrebleu")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # it logs every step at INFO
+    metrics = _metrics(tgt_lang)
     try:
-        _, results = PairedTest([("baseline", list(baseline)), ("system", list(system))], _metrics(tgt_lang),
-                                [list(references)], test_type="bs", n_samples=n_samples)()
+        test = PairedTest([("baseline", list(baseline)), ("system", list(system))], metrics,
+                          [list(references)], test_type="bs", n_samples=n_samples)
+        _, results = test()
     finally:
         quiet.setLevel(level)
+    # Results come in the order of ``metrics``, after the "System" column.
+    by_name = dict(zip(metrics, [k for k in results if k != "System"], strict=True))
     out: dict[str, dict[str, float]] = {}
-    for metric in ("bleu", "chrf"):
-        base, sys_ = results[metric][0], results[metric][1]
-        out[metric] = {"system": float(sys_.score), "baseline": float(base.score),
-                       "delta": float(sys_.score - base.score), "p_value": float(sys_.p_value),
+    for metric, key in by_name.items():
+        base, sys_ = results[key][0], results[key][1]
+        same = list(system) == list(baseline)
+        out[metric] = {"system_score": float(sys_.score), "baseline_score": float(base.score),
+                       "delta": float(sys_.score - base.score), "p_value": 1.0 if same else float(sys_.p_value),
                        "ci": float(sys_.ci) if sys_.ci is not None else float("nan")}
     return out
 

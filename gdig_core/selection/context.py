@@ -127,17 +127,33 @@ def pair_context(
 
 def prefilter_keep(
     eligible: np.ndarray, spec: MethodSpec, ctx: PairContext, qe_keep: float
-) -> tuple[np.ndarray, dict[str, int], dict[int, str]]:
+) -> tuple[np.ndarray, dict[str, int], dict[int, str], np.ndarray]:
     """Apply the method's pre-filters in order to ``eligible``: (still eligible, rejected count per
-    pre-filter, row -> which pre-filter rejected it). Each filter sees only what the ones before
-    it kept, so the QE cut keeps its share of what the rules let through."""
+    pre-filter, row -> which pre-filter rejected it, int8 [N] the rejecting filter's position from
+    1, 0 where none did). Each filter sees only what the ones before it kept, so the QE cut keeps
+    its share of what the rules let through."""
     keep = eligible.copy()
     counts: dict[str, int] = {}
     why: dict[int, str] = {}
-    for name in spec.prefilter:
+    stage = np.zeros(len(eligible), dtype=np.int8)
+    for k, name in enumerate(spec.prefilter, start=1):
         bad = ctx.rejected(name, keep, qe_keep)
         counts[f"prefilter_{name}"] = int(bad.sum())
         for i in np.flatnonzero(bad):
             why[int(i)] = f"rejected by the {name} pre-filter"
+        stage[bad] = k
         keep &= ~bad
-    return keep, counts, why
+    return keep, counts, why, stage
+
+
+def cascade_score(score: np.ndarray, stage: np.ndarray) -> np.ndarray:
+    """A cascade's ranking score over every candidate: the method's own score where the pre-filters
+    kept the row, and below all of those for the rows they rejected, the earliest rejection lowest
+    (so the ROC AUC of a cascade measures the whole cascade, not only its last step)."""
+    out = np.asarray(score, dtype=np.float64).copy()
+    kept = (stage == 0) & np.isfinite(out)
+    floor = float(out[kept].min()) if kept.any() else 0.0
+    n = int(stage.max()) if len(stage) else 0
+    for k in range(1, n + 1):
+        out[stage == k] = floor - (n - k + 1)
+    return out

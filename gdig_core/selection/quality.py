@@ -40,6 +40,8 @@ class QualityResult:
     rule: str  # human-readable rule
     #: object [N]: why each candidate is not eligible ("" when it is); None: not recorded.
     exclusion: np.ndarray | None = None
+    #: int8 [N]: 0 = kept by every pre-filter, k = rejected by the k-th; None: no pre-filters.
+    prefilter_stage: np.ndarray | None = None
 
 
 def eligible_mask(scores: ScoreTable, need_features: bool = True) -> tuple[np.ndarray, dict[str, int]]:
@@ -125,19 +127,20 @@ def describe_rule(cfg: SelectionConfig, budget: int) -> str:
 
 def quality_rank(
     scores: ScoreTable, cfg: SelectionConfig, budget: int, tie: np.ndarray | None = None,
-    prefilter: Callable[[np.ndarray], tuple[np.ndarray, dict[str, int], dict[int, str]]] | None = None,
+    prefilter: Callable[[np.ndarray], tuple[np.ndarray, dict[str, int], dict[int, str], np.ndarray]] | None = None,
     prefilter_names: Sequence[str] = (),
 ) -> QualityResult:
     """Eligibility, the quality set and its ranking by mean benefit (ties by id).
 
-    ``prefilter`` (eligible -> (kept, count per pre-filter, row -> reason), see
+    ``prefilter`` (eligible -> (kept, count per pre-filter, row -> reason, rejecting stage), see
     gdig_core.selection.context.prefilter_keep) runs before the quality rule, so a ``topk`` quality
     set is the top k of what the pre-filters kept: the cascade pre-filters -> influence ranking."""
     eligible, excluded = eligible_mask(scores)
     exclusion = exclusion_reasons(scores, eligible)
     rule = describe_rule(cfg, budget)
+    stage = None
     if prefilter is not None:
-        kept, counts, why = prefilter(eligible)
+        kept, counts, why, stage = prefilter(eligible)
         excluded = {**excluded, **counts}
         for i, reason in why.items():
             exclusion[i] = reason
@@ -145,7 +148,7 @@ def quality_rank(
         rule += " after pre-filters " + "+".join(prefilter_names)
     mask = quality_mask(scores, cfg, budget, eligible)
     order = rank_by_benefit(scores, np.flatnonzero(mask), tie)
-    return QualityResult(eligible, mask, order, excluded, rule, exclusion)
+    return QualityResult(eligible, mask, order, excluded, rule, exclusion, stage)
 
 
 def exclusion_reasons(scores: ScoreTable, eligible: np.ndarray) -> np.ndarray:

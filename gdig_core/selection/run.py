@@ -21,7 +21,7 @@ import pyarrow as pa
 from gdig_core.config import MethodSpec, SelectionConfig, method_spec
 from gdig_core.io import atomic_write_json, atomic_write_text
 from gdig_core.selection import methods as _builtin_methods  # noqa: F401  (registers the built-ins)
-from gdig_core.selection.context import PairContext, pair_context, prefilter_keep
+from gdig_core.selection.context import PairContext, cascade_score, pair_context, prefilter_keep
 from gdig_core.selection.layout import (
     CANDIDATES,
     OUTPUT_FILES,
@@ -113,6 +113,8 @@ def plan_selection(
     registered = get_method(spec.method)
     assert registered is not None  # _spec checked it
     plan = registered.plan(MethodInput(scores, q, settings, budget, tie, ctx, spec.method))
+    if q.prefilter_stage is not None and plan.score is not None:
+        plan.score = cascade_score(plan.score, q.prefilter_stage)
     return plan, q
 
 
