@@ -67,14 +67,25 @@ def significance_rows(
     return out
 
 
-def significance_verdicts(sig: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Plain sentences from the over-the-seeds rows (or the single seed where only one ran)."""
-    lines = []
+def _headline(sig: Sequence[Mapping[str, Any]]) -> dict[tuple, Mapping[str, Any]]:
+    """(system, baseline, test, metric) -> the over-the-seeds row, or the one seed both ran."""
     keyed: dict[tuple, Mapping[str, Any]] = {}
     for r in sig:
         key = (r["system"], r["baseline"], r["test"], r["metric"])
         if r["seed"] == "all" or key not in keyed:
             keyed[key] = r
+    return keyed
+
+
+def headline_significance(sig: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the report's table shows: one per comparison, test set and metric."""
+    return [dict(r) for r in _headline(sig).values()]
+
+
+def significance_verdicts(sig: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Plain sentences from the over-the-seeds rows (or the single seed where only one ran)."""
+    lines = []
+    keyed = _headline(sig)
     for (system, baseline, test, metric), r in keyed.items():
         if metric != "bleu":
             continue

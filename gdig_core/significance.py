@@ -38,7 +38,7 @@ def paired_bootstrap(
     """``{metric: {system_score, baseline_score, delta, p_value, ci}}`` for BLEU and chrF (``ci``:
     half-width of the system's 95% bootstrap interval). Identical hypotheses get ``p_value`` 1:
     sacrebleu's test would give them its smallest p-value, and two methods that selected the same
-    pairs share one cached model, so this is a real case."""
+    pairs share one cached model, so this is a real case; likewise equal corpus scores."""
     from sacrebleu.significance import PairedTest
 
     if not (len(system) == len(baseline) == len(references)) or not references:
@@ -59,7 +59,9 @@ def paired_bootstrap(
     out: dict[str, dict[str, float]] = {}
     for metric, key in by_name.items():
         base, sys_ = results[key][0], results[key][1]
-        same = list(system) == list(baseline)
+        # No difference at all (the same hypotheses, or both scoring 0 on every resample):
+        # sacrebleu's centred test would call it significant at its smallest p-value.
+        same = list(system) == list(baseline) or sys_.score == base.score
         out[metric] = {"system_score": float(sys_.score), "baseline_score": float(base.score),
                        "delta": float(sys_.score - base.score), "p_value": 1.0 if same else float(sys_.p_value),
                        "ci": float(sys_.ci) if sys_.ci is not None else float("nan")}
@@ -92,6 +94,6 @@ def compare_methods(
 
 def verdict_word(delta: float, p_value: float, level: float = SIGNIFICANCE_LEVEL) -> str:
     """``better``/``worse`` when significant at ``level``, else ``no significant difference``."""
-    if p_value >= level:
+    if p_value >= level or delta == 0:
         return "no significant difference"
     return "better" if delta > 0 else "worse"
