@@ -36,6 +36,26 @@ def _language_problems(cfg: GdigConfig, key: str, codes: dict[str, str | None]) 
     return problems
 
 
+def _opusfilter_problems(cfg: GdigConfig) -> list[str]:
+    """Methods that use OpusFilter's chain when the library (an optional extra) is missing, or
+    when no script is known for a language."""
+    users = [(i, m) for i, m in enumerate(cfg.selection.methods) if m.method == "opusfilter" or "opusfilter" in m.prefilter]
+    if not users:
+        return []
+    from gdig_core.opusfilter_chain import INSTALL_HINT, SCRIPTS, OpusFilterUnavailable, build_chain
+
+    i, m = users[0]
+    key = f"selection.methods.{i} ({m.name})"
+    unknown = [lang for lang in (cfg.data.src_lang, cfg.data.tgt_lang) if lang not in SCRIPTS]
+    if unknown:
+        return [f"{key}: opusfilter knows no script for language {unknown[0]!r}; have {sorted(SCRIPTS)}"]
+    try:
+        build_chain(cfg.data.src_lang, cfg.data.tgt_lang)
+    except OpusFilterUnavailable:
+        return [f"{key}: {INSTALL_HINT}"]
+    return []
+
+
 def preflight_problems(cfg: GdigConfig) -> list[str]:
     """Every problem found, each starting with its key path (empty when the run can start)."""
     from gdig_core.data import DataError, read_dataset
@@ -44,6 +64,7 @@ def preflight_problems(cfg: GdigConfig) -> list[str]:
     known = method_names()
     problems = [f"selection.methods.{i} ({m.name}).method: unknown selection method {m.method!r}; "
                 f"expected one of {', '.join(known)}" for i, m in enumerate(cfg.selection.methods) if m.method not in known]
+    problems += _opusfilter_problems(cfg)
     problems += _language_problems(cfg, "data", {"src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang})
     for role in ("pool", "seed"):
         spec: DatasetSpec = getattr(cfg.data, role)
