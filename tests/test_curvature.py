@@ -92,7 +92,10 @@ def test_three_shards_merged_equal_one(tmp_path, fisher):
     merged = merge_stats(paths)
     assert set(merged) == set(whole)
     for key in whole:
-        torch.testing.assert_close(merged[key], whole[key], rtol=1e-5, atol=1e-6)
+        # fp32 sums in another order (other shards, other batch sizes) differ by rounding
+        # relative to the tensor's scale, not to each entry: near-zero entries need atol
+        scale = float(whole[key].abs().max()) if whole[key].is_floating_point() else 0.0
+        torch.testing.assert_close(merged[key], whole[key], rtol=1e-5, atol=1e-5 * max(scale, 1e-3))
     eigen = eigendecompose(merged, cfg)
     lam_whole = lambda_stats(model, _batches(examples, 4), tracked, eigen, cfg)
     lam_parts = [
