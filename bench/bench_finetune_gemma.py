@@ -32,10 +32,10 @@ from gdig_core.config import (  # noqa: E402
     TinyModelConfig,
     TrainConfig,
 )
-from gdig_core.data import read_dataset  # noqa: E402
-from gdig_core.evaluation import evaluate_model  # noqa: E402
+from gdig_core.data.readers import read_dataset  # noqa: E402
+from gdig_core.evaluation.evaluate import evaluate_model  # noqa: E402
 from gdig_core.io import atomic_write_json  # noqa: E402
-from gdig_core.training import finetune  # noqa: E402
+from gdig_core.training.finetune import finetune  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,11 +74,11 @@ def environment() -> dict[str, Any]:
 
 def base_model_dir(cfg: GdigConfig, args: argparse.Namespace, pool_texts: list[str], out: Path) -> str:
     if args.model == "tiny":
-        from gdig_core.models import build_tiny_model
+        from gdig_core.training.models import build_tiny_model
 
         return str(build_tiny_model(TinyModelConfig(vocab_size=2000), pool_texts, out / "tiny-base"))
     if args.model == "gemma-3-270m":
-        from gdig_core.models import gemma_checkpoint
+        from gdig_core.training.models import gemma_checkpoint
 
         return str(gemma_checkpoint(cfg.model.cache_dir))  # converted once, then cached
     return args.model

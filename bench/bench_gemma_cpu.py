@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gdig_core.config import DatasetSpec, GdigConfig, LoraConfig, TrainConfig  # noqa: E402
-from gdig_core.data import read_dataset  # noqa: E402
+from gdig_core.data.readers import read_dataset  # noqa: E402
 from gdig_core.io import atomic_write_json  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def full_logits_loss(model: Any, batch: dict[str, torch.Tensor], autocast_dtype:
 
 
 def train_rate(cfg: GdigConfig, table: Any, base: str, out: Path, steps: int, full_logits: bool) -> float:
-    import gdig_core.training as training
+    import gdig_core.training.finetune as training
 
     saved = training.target_loss_sum
     if full_logits:
@@ -58,7 +58,7 @@ def train_rate(cfg: GdigConfig, table: Any, base: str, out: Path, steps: int, fu
 
 
 def generation_rate(cfg: GdigConfig, model: Any, tok: Any, sources: list[str], batch: int, ratio: float | None) -> float:
-    from gdig_core.generation import generate_translations
+    from gdig_core.evaluation.generation import generate_translations
 
     cfg = cfg.model_copy(deep=True)
     cfg.evaluation.max_new_tokens_ratio = ratio
@@ -69,12 +69,12 @@ def generation_rate(cfg: GdigConfig, model: Any, tok: Any, sources: list[str], b
 
 def capture_rate(cfg: GdigConfig, model: Any, tok: Any, rows: list[dict], seeds: list[dict], out: Path) -> float:
     from gdig_core.config import CurvatureConfig, ScoringConfig
-    from gdig_core.encoding import encode_pairs, iter_batches
-    from gdig_core.factors import fit_factor_set
-    from gdig_core.hooks import select_tracked_modules
-    from gdig_core.influence import score_shard
-    from gdig_core.seed_preconditioning import precondition_seeds
-    from gdig_core.variants import score_variants
+    from gdig_core.data.encoding import encode_pairs, iter_batches
+    from gdig_core.influence.benefit import score_shard
+    from gdig_core.influence.factors import fit_factor_set
+    from gdig_core.influence.hooks import select_tracked_modules
+    from gdig_core.influence.seed_preconditioning import precondition_seeds
+    from gdig_core.influence.variants import score_variants
 
     curv = CurvatureConfig(preset="gdig-official", method="ekfac")
     sc = ScoringConfig(batch_size=8, feature_dim=256, variants=["identity-raw", "identity-cosine"])
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from gdig_core.models import load_model, model_path
+    from gdig_core.training.models import load_model, model_path
 
     cfg = GdigConfig()
     cfg.data.data_dir = args.data_dir

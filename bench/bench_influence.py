@@ -37,11 +37,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gdig_core.config import CurvatureConfig, ScoringConfig  # noqa: E402
-from gdig_core.curvature import covariance_stats, eigendecompose, lambda_stats  # noqa: E402
-from gdig_core.factors import finalize_factors  # noqa: E402
-from gdig_core.hooks import select_tracked_modules  # noqa: E402
-from gdig_core.influence import score_shard  # noqa: E402
-from gdig_core.seed_preconditioning import precondition_seeds  # noqa: E402
+from gdig_core.influence.benefit import score_shard  # noqa: E402
+from gdig_core.influence.curvature import covariance_stats, eigendecompose, lambda_stats  # noqa: E402
+from gdig_core.influence.factors import finalize_factors  # noqa: E402
+from gdig_core.influence.hooks import select_tracked_modules  # noqa: E402
+from gdig_core.influence.seed_preconditioning import precondition_seeds  # noqa: E402
 
 FULL = dict(
     hidden_size=2048,

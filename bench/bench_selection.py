@@ -45,7 +45,7 @@ def synth_features(n: int, d: int, blobs: int, rng: np.random.Generator) -> np.n
 def synth(n: int, d: int, m: int, blobs: int, quality_frac: float, seed: int):
     import pyarrow as pa
 
-    from gdig_core.scores import ScoreTable
+    from gdig_core.influence.scores import ScoreTable
 
     rng = np.random.default_rng(seed)
     ids = np.array([f"cand-{i:08d}" for i in range(n)], dtype=object)

@@ -8,7 +8,7 @@ For one model and a few hundred de-en pool candidates scored against FLORES-dev 
 2. The exact path: seed preconditioning, then a plain scoring pass over the candidates (timed),
    then the same pass again filling a store per dimension and dtype (float32, float16).
 3. The store path per dimension: seed preconditioning in the projected space plus reading the
-   store and one matrix product (``gdig_core.grad_store.rescore_segment``), timed (the product
+   store and one matrix product (``gdig_core.influence.grad_store.rescore_segment``), timed (the product
    as the best of three, being short enough to be swayed by other jobs on a shared machine).
 
 Reported per dimension: Spearman correlation of the store's mean benefit with the exact one
@@ -58,8 +58,8 @@ PRESETS = {"tiny": ("mlp", [256, 1024, 4096, 8192]), "gemma-3-270m": ("gdig-offi
 def _model(cfg: GdigConfig, name: str, pool: Any, out: Path) -> tuple[Any, Any]:
     """The scoring model: Gemma-3-270M as converted, or the tiny model briefly trained on the pool
     (random weights say nothing about data)."""
-    from gdig_core.models import build_tiny_model, load_model, model_path
-    from gdig_core.training import finetune
+    from gdig_core.training.finetune import finetune
+    from gdig_core.training.models import build_tiny_model, load_model, model_path
 
     if name != "tiny":
         return load_model(cfg.model, path=model_path(cfg.model))
@@ -114,17 +114,22 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one measured 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from gdig_core.curvature import covariance_stats, eigendecompose, lambda_stats
-    from gdig_core.data import read_dataset
-    from gdig_core.encoding import encode_pairs, iter_batches
-    from gdig_core.factors import finalize_factors, finalize_projected_factors
-    from gdig_core.features import gradient_projection
-    from gdig_core.grad_store import GradientSegmentWriter, read_segment, rescore_segment, store_seeds
-    from gdig_core.hooks import layer_shape, select_tracked_modules
-    from gdig_core.influence import score_shard
-    from gdig_core.scores import read_scores
-    from gdig_core.seed_preconditioning import precondition_seeds
-    from gdig_core.variants import score_variants
+    from gdig_core.data.encoding import encode_pairs, iter_batches
+    from gdig_core.data.readers import read_dataset
+    from gdig_core.influence.benefit import score_shard
+    from gdig_core.influence.curvature import covariance_stats, eigendecompose, lambda_stats
+    from gdig_core.influence.factors import finalize_factors, finalize_projected_factors
+    from gdig_core.influence.features import gradient_projection
+    from gdig_core.influence.grad_store import (
+        GradientSegmentWriter,
+        read_segment,
+        rescore_segment,
+        store_seeds,
+    )
+    from gdig_core.influence.hooks import layer_shape, select_tracked_modules
+    from gdig_core.influence.scores import read_scores
+    from gdig_core.influence.seed_preconditioning import precondition_seeds
+    from gdig_core.influence.variants import score_variants
 
     preset, default_dims = PRESETS[args.model]
     dims = [int(d) for d in args.dims.split(",")] if args.dims else default_dims

@@ -214,9 +214,9 @@ def _summaries(run_dir: Path, stage: str) -> list[dict[str, Any]]:
 
 
 def partial_report(run_dir: Path, out_dir: Path, title: str) -> dict[str, Any]:
-    """The comparison table of every evaluation finished so far (gdig_core.report), with the time
+    """The comparison table of every evaluation finished so far (gdig_core.report.writer), with the time
     of every computed stage from the run records."""
-    from gdig_core.report import build_report
+    from gdig_core.report.writer import build_report
 
     times = [{"stage": r["stage"], "seconds": r.get("seconds")} for r in records(run_dir) if r["event"] == "computed"]
     return build_report(_summaries(run_dir, "evaluation"), _summaries(run_dir, "selection"), out_dir,
@@ -265,7 +265,7 @@ def evidence_part(suite: Suite, cfg: GdigConfig, run_dir: Path, max_seeds: int, 
     atomic_write_text(config_path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     extra: dict[str, Any] = {"config": str(config_path)}
     if cfg.model.name == "gemma-3-270m":
-        from gdig_core.models import gemma_checkpoint
+        from gdig_core.training.models import gemma_checkpoint
 
         suite.note("Gemma-3-270M: GGUF -> safetensors (once; every later load reads the conversion)")
         t0 = time.time()

@@ -60,7 +60,7 @@ def model_flow(config: GdigConfig, run_dir: str, data: StageOutput) -> tuple[Mod
 
 @flow(name="qe", persist_result=False)
 def qe_flow(config: GdigConfig, run_dir: str, data: StageOutput, base: Model) -> StageOutput:
-    """The base model's dual cross-entropy QE of every pool pair (gdig_core.qe)."""
+    """The base model's dual cross-entropy QE of every pool pair (gdig_core.filters.qe)."""
     return qe_task.submit(config, run_dir, data, tuple(base)).result()
 
 
@@ -144,7 +144,7 @@ def evaluation_flow(config: GdigConfig, run_dir: str, base: Model, models: list[
         jobs.append(((str(m.path("model")), m.digest("model")), label, dict(s)))
     futures = [evaluate_task.submit(config, run_dir, model, label, meta) for model, label, meta in jobs]
     results = [f.result() for f in futures]
-    from gdig_core.report import metric_table
+    from gdig_core.report.writer import metric_table
 
     artifacts.table(artifacts.artifact_key("evaluation-summary"), [
         {"model": label, **{f"{t}/{m}": v for t, ms in metric_table(r.summary.get("metrics", {})).items()

@@ -1,5 +1,5 @@
 """``gdig data check``: validate dataset files and print what a pipeline run would see.
-``gdig data corrupt``: inject labelled, realistic noise into a pool (``gdig_core.noise``)."""
+``gdig data corrupt``: inject labelled, realistic noise into a pool (``gdig_core.data.noise``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from gdig_core.config import ConfigError, DataConfig, DatasetSpec, ModelConfig
-from gdig_core.data import DataError, read_dataset, write_jsonl
-from gdig_core.noise import MODEL_FREE_KINDS, NOISE_KINDS, corrupt_pairs
+from gdig_core.data.noise import MODEL_FREE_KINDS, NOISE_KINDS, corrupt_pairs
+from gdig_core.data.pairs import DataError, write_jsonl
+from gdig_core.data.readers import read_dataset
 
 
 def positive_int(text: str) -> int:
@@ -120,7 +121,7 @@ def parse_kinds(text: str) -> list[str]:
 
 
 def run_corrupt(args: argparse.Namespace) -> int:
-    from gdig_core.weak_mt import read_hypotheses, weak_translator
+    from gdig_core.evaluation.weak_mt import read_hypotheses, weak_translator
 
     kinds = parse_kinds(args.kinds)
     weak_source = args.mt_hypotheses or args.weak_mt

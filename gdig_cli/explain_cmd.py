@@ -1,6 +1,6 @@
 """``gdig explain RUN_DIR ID``: why a candidate was or was not selected.
 
-Reads, relative to RUN_DIR unless given as absolute paths (see :mod:`gdig_core.explain`):
+Reads, relative to RUN_DIR unless given as absolute paths (see :mod:`gdig_core.report.explain`):
 ``scores/*.parquet`` (score shards, ``--scores``), ``data/pool.parquet`` (``--pool``),
 ``data/seed.parquet`` (``--seed``) and ``selection/<method>/b<budget>/`` (``--selection``:
 ``candidates.parquet``, ``selected.parquet``, ``summary.json`` written by
@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from gdig_core.explain import (
+from gdig_core.report.explain import (
     DEFAULT_POOL,
     DEFAULT_SCORES,
     DEFAULT_SEED,

@@ -31,7 +31,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Call the subcommand; a user error (bad config, data, option, corrupt or escaping path) is one
     line naming its cause, exit status 2, never a traceback."""
     from gdig_core.config import ConfigError
-    from gdig_core.data import DataError
+    from gdig_core.data.pairs import DataError
     from gdig_core.integrity import CorruptFileError
     from gdig_core.names import PathEscapeError
 

@@ -64,7 +64,7 @@ def _setup_logging() -> None:
 
 def _read_training_pairs(cfg: Any, data: str, tgt_path: str | None) -> Any:
     from gdig_core.config import DatasetSpec
-    from gdig_core.data import read_dataset
+    from gdig_core.data.readers import read_dataset
 
     spec = DatasetSpec(path=str(Path(data)), tgt_path=tgt_path, format="parallel" if tgt_path else "auto")
     result = read_dataset(spec, cfg.data, "pool", cfg.prompt.language_names)
@@ -80,7 +80,7 @@ def _base_model(cfg: Any, args: argparse.Namespace, table: Any, out: Path) -> st
         return args.base_model
     if cfg.model.name != "tiny":
         return None
-    from gdig_core.models import build_tiny_model
+    from gdig_core.training.models import build_tiny_model
 
     n = cfg.model.tiny.tokenizer_texts
     texts = table.column("src").to_pylist()[:n] + table.column("tgt").to_pylist()[:n]
@@ -91,7 +91,7 @@ def _base_model(cfg: Any, args: argparse.Namespace, table: Any, out: Path) -> st
 
 def run_finetune(args: argparse.Namespace) -> int:
     from gdig_core.config import load_config
-    from gdig_core.training import finetune
+    from gdig_core.training.finetune import finetune
 
     _setup_logging()
     cfg = load_config(args.config, args.overrides)
@@ -114,7 +114,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from gdig_core.config import ConfigError, TestSetSpec, load_config
-    from gdig_core.evaluation import evaluate_model
+    from gdig_core.evaluation.evaluate import evaluate_model
 
     _setup_logging()
     from gdig_core.names import check_safe_name

@@ -42,7 +42,7 @@ def _opusfilter_problems(cfg: GdigConfig) -> list[str]:
     users = [(i, m) for i, m in enumerate(cfg.selection.methods) if m.method == "opusfilter" or "opusfilter" in m.prefilter]
     if not users:
         return []
-    from gdig_core.opusfilter_chain import INSTALL_HINT, SCRIPTS, OpusFilterUnavailable, build_chain
+    from gdig_core.filters.opusfilter import INSTALL_HINT, SCRIPTS, OpusFilterUnavailable, build_chain
 
     i, m = users[0]
     key = f"selection.methods.{i} ({m.name})"
@@ -58,7 +58,8 @@ def _opusfilter_problems(cfg: GdigConfig) -> list[str]:
 
 def preflight_problems(cfg: GdigConfig) -> list[str]:
     """Every problem found, each starting with its key path (empty when the run can start)."""
-    from gdig_core.data import DataError, read_dataset
+    from gdig_core.data.pairs import DataError
+    from gdig_core.data.readers import read_dataset
     from gdig_core.selection import method_names
 
     known = method_names()

@@ -1,9 +1,9 @@
-"""How well cheap rules catch each noise kind of ``gdig_core.noise``: ROC AUC per kind.
+"""How well cheap rules catch each noise kind of ``gdig_core.data.noise``: ROC AUC per kind.
 
 Reads a pool, keeps pairs with both sides at most ``--max-chars`` characters, takes a seeded
 sample, corrupts ``--fraction`` of it over the noise kinds (``low_quality_mt`` from a few-shot
 weak model, generated for the picked rows only), scores every pair with the cheap filters of
-``gdig_core.text_filters`` plus two diagnostic one-line rules, and prints a Markdown table of
+``gdig_core.filters.rules`` plus two diagnostic one-line rules, and prints a Markdown table of
 AUCs (clean vs each kind). ``--out`` gets the table, counts, the clean score percentiles and the
 settings as JSON. Example (docs/noise.md)::
 
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from gdig_core.config import DataConfig, DatasetSpec, ModelConfig
-from gdig_core.data import read_dataset
-from gdig_core.noise import MODEL_FREE_KINDS, NOISE_KINDS, corrupt_pairs
-from gdig_core.noise_eval import rule_auc_table
-from gdig_core.text_filters import COPY_THRESHOLD, LID_THRESHOLD, cheap_scores
+from gdig_core.data.noise import MODEL_FREE_KINDS, NOISE_KINDS, corrupt_pairs
+from gdig_core.data.noise_eval import rule_auc_table
+from gdig_core.data.readers import read_dataset
+from gdig_core.filters.rules import COPY_THRESHOLD, LID_THRESHOLD, cheap_scores
 
 
 def exact_copy_rule(src: list[str], tgt: list[str]) -> np.ndarray:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = list(MODEL_FREE_KINDS)
     translator = None
     if args.weak_mt:
-        from gdig_core.weak_mt import weak_translator
+        from gdig_core.evaluation.weak_mt import weak_translator
 
         kinds = list(NOISE_KINDS)
         name = args.weak_mt
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print("weak MT against the references: BLEU {bleu:.1f}, chrF {chrf:.1f} ({sentences} sentences)".format(**weak_quality))
     print(f"corrupting took {corrupt_s:.0f} s; clean-pair score percentiles: {json.dumps(percentiles)}")
     if args.save_pool:
-        from gdig_core.data import write_jsonl
+        from gdig_core.data.pairs import write_jsonl
 
         write_jsonl(noisy.to_pylist(), args.save_pool)
     if args.out:

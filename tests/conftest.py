@@ -26,8 +26,8 @@ def data_dir() -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A tiny Llama checkpoint with a BPE tokenizer trained on 500 real de-en pairs."""
     from gdig_core.config import DataConfig, DatasetSpec, TinyModelConfig
-    from gdig_core.data import read_dataset
-    from gdig_core.models import build_tiny_model
+    from gdig_core.data.readers import read_dataset
+    from gdig_core.training.models import build_tiny_model
 
     cfg = DataConfig(data_dir=str(data_dir))
     table = read_dataset(DatasetSpec(path="de-en/pool.wmt17-20.jsonl", sample=500), cfg, "pool").table

@@ -1,5 +1,5 @@
 """Shared builders for the selection and explain tests: score shards written with the real
-writer (gdig_core.scores), pool and seed Parquet files in the run-directory layout."""
+writer (gdig_core.influence.scores), pool and seed Parquet files in the run-directory layout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gdig_core.scores import ScoreBatch, ScoreTable, read_scores, write_score_shard
+from gdig_core.influence.scores import ScoreBatch, ScoreTable, read_scores, write_score_shard
 
 
 def pair_table(ids: list[str], prefix: str) -> pa.Table:

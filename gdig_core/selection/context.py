@@ -16,7 +16,7 @@ from gdig_core.config import MethodSpec
 from gdig_core.selection.quality import SelectionError
 
 if TYPE_CHECKING:
-    from gdig_core.scores import ScoreTable
+    from gdig_core.influence.scores import ScoreTable
 
 PAIR_COLUMNS = ("id", "src_lang", "tgt_lang", "src", "tgt")
 
@@ -50,14 +50,14 @@ class PairContext:
     tgt_lang: str | None = None
     labels: np.ndarray | None = None  # object [N]: noise label per score row ("" when unknown)
     src_lang: str | None = None
-    #: float64 [N]: the dual cross-entropy QE score per row (gdig_core.qe), NaN where not scored;
+    #: float64 [N]: the dual cross-entropy QE score per row (gdig_core.filters.qe), NaN where not scored;
     #: None when the run computed none.
     qe: np.ndarray | None = None
     _text: dict[str, np.ndarray] = field(default_factory=dict)
 
     def text_score(self, name: str) -> np.ndarray:
         """A per-pair score (higher = more likely clean), computed once per context: the cheap
-        text scores (gdig_core.text_filters), ``opusfilter`` (gdig_core.opusfilter_chain) or ``qe``."""
+        text scores (gdig_core.filters.rules), ``opusfilter`` (gdig_core.filters.opusfilter) or ``qe``."""
         if name == "qe":
             if self.qe is None:
                 raise SelectionError("the 'qe' score needs the QE stage's scores (qe.enabled, or a method or "
@@ -67,13 +67,13 @@ class PairContext:
             if self.src is None or self.tgt is None:
                 raise SelectionError(f"the {name!r} score needs the pool's source and target texts")
             if name in ("opusfilter", "opusfilter_accepted"):
-                from gdig_core.opusfilter_chain import opusfilter_scores
+                from gdig_core.filters.opusfilter import opusfilter_scores
 
                 chain = opusfilter_scores(self.src, self.tgt, self.src_lang or "de", self.tgt_lang or "en")
                 self._text["opusfilter"] = chain["score"]
                 self._text["opusfilter_accepted"] = chain["accepted"]
             else:
-                from gdig_core.text_filters import cheap_scores
+                from gdig_core.filters.rules import cheap_scores
 
                 self._text.update(cheap_scores(self.src, self.tgt, self.tgt_lang or "en"))
         return self._text[name]
@@ -82,12 +82,12 @@ class PairContext:
         """Which eligible rows the pre-filter ``name`` rejects: a rule's own threshold, OpusFilter's
         chain (any filter failing), or for ``qe`` all but the best ``qe_keep`` share of the eligible
         rows by QE score (and every row without one)."""
-        from gdig_core.text_filters import rejected
+        from gdig_core.filters.rules import rejected
 
         if name == "opusfilter":
             bad = ~self.text_score("opusfilter_accepted").astype(bool)
         elif name == "cheap":
-            from gdig_core.text_filters import REJECTED_OFFSET
+            from gdig_core.filters.rules import REJECTED_OFFSET
 
             # Rejected pairs sit REJECTED_OFFSET below the kept ones, whatever their length part.
             bad = self.text_score("combined") < -REJECTED_OFFSET / 2

@@ -3,7 +3,7 @@
 A run's selections sit under ``<run_dir>/selection`` (:data:`ROOT`), one directory per method
 and budget, ``<method>/b<budget>``; a method that ignores the budget (``full``) has one,
 ``<method>/all``. Each directory holds :data:`OUTPUT_FILES`; ``summary.json`` is written last,
-so a directory holding one is a complete selection. :mod:`gdig_core.explain`, the stage tasks and
+so a directory holding one is a complete selection. :mod:`gdig_core.report.explain`, the stage tasks and
 the report find selections through the functions here.
 """
 

@@ -11,11 +11,11 @@
 - ``nll``: the B eligible candidates with the lowest mean target-token NLL under the scoring
   model (the ``loss`` column): a cheap model-based filter.
 - ``length_ratio``, ``copy``, ``language_id``, ``cheap``: the B best by a cheap per-pair score
-  (gdig_core.text_filters: length ratio, not-a-copy, target-language identification, and the
+  (gdig_core.filters.rules: length ratio, not-a-copy, target-language identification, and the
   combined filter an MT engineer would use).
-- ``opusfilter``: the B best by OpusFilter's standard chain (gdig_core.opusfilter_chain: pairs
+- ``opusfilter``: the B best by OpusFilter's standard chain (gdig_core.filters.opusfilter: pairs
   passing every filter first, ties by language-id confidence): the field's cleaning baseline.
-- ``qe``: the B best by the LLM's dual conditional cross-entropy (gdig_core.qe).
+- ``qe``: the B best by the LLM's dual conditional cross-entropy (gdig_core.filters.qe).
 - ``oracle``: B drawn uniformly from the clean candidates (needs noise labels: an experiment's
   upper bound, never a method for real data).
 """
@@ -46,7 +46,7 @@ from gdig_core.selection.plan import (
 from gdig_core.selection.quality import QualityResult, SelectionError
 from gdig_core.selection.registry import register
 
-#: Methods that rank by a cheap per-pair text score (gdig_core.text_filters), by score name.
+#: Methods that rank by a cheap per-pair text score (gdig_core.filters.rules), by score name.
 TEXT_FILTERS = {"length_ratio": "length_ratio", "copy": "copy", "language_id": "language_id", "cheap": "combined",
                 "opusfilter": "opusfilter"}
 

@@ -25,7 +25,7 @@ from gdig_core.selection.plan import Plan, row_reasons
 from gdig_core.selection.quality import CHUNK_ROWS, QualityResult
 
 if TYPE_CHECKING:
-    from gdig_core.scores import ScoreTable
+    from gdig_core.influence.scores import ScoreTable
 
 
 def selected_table(scores: ScoreTable, pool: pa.Table, plan: Plan) -> pa.Table:
@@ -160,7 +160,7 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 def noise_summary(labels: np.ndarray, plan: Plan) -> dict[str, Any]:
     """Clean share of the selection, its noise by kind, and the ROC AUC of the method's score
     at ranking clean above each noise kind (over every labelled candidate)."""
-    from gdig_core.noise_eval import auc_by_kind, clean_share
+    from gdig_core.data.noise_eval import auc_by_kind, clean_share
 
     ids = [str(i) for i in range(len(labels))]
     by_id = {i: str(k) for i, k in zip(ids, labels, strict=True) if k}

@@ -27,7 +27,7 @@ from gdig_core.selection.layout import BAD, BELOW_QUALITY, NOT_REACHED, SELECTED
 from gdig_core.selection.quality import QualityResult, rank_by_benefit
 
 if TYPE_CHECKING:
-    from gdig_core.scores import ScoreTable
+    from gdig_core.influence.scores import ScoreTable
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 from gdig_core.config import SelectionConfig
 
 if TYPE_CHECKING:
-    from gdig_core.scores import ScoreTable
+    from gdig_core.influence.scores import ScoreTable
 
 #: frac_pos is a ratio of counts; the slack keeps tau=0.9 with 9 of 10 seeds inside the set.
 _TAU_SLACK = 1e-9

@@ -44,7 +44,7 @@ from gdig_core.selection.quality import QualityResult, SelectionError, id_order,
 from gdig_core.selection.registry import get_method, method_names, uses_budget
 
 if TYPE_CHECKING:
-    from gdig_core.scores import ScoreTable
+    from gdig_core.influence.scores import ScoreTable
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,11 @@ def select(
 ) -> SelectionResult:
     """Select ``budget`` candidates with ``method`` and write every output file into ``out_dir``.
 
-    ``scores`` comes from :func:`gdig_core.scores.read_scores`; ``pool`` is the pair table
+    ``scores`` comes from :func:`gdig_core.influence.scores.read_scores`; ``pool`` is the pair table
     (columns ``id, src_lang, tgt_lang, src, tgt``) holding every scored id. ``method`` is a
     registered kind or a :class:`~gdig_core.config.MethodSpec`. ``labels`` (id -> noise label)
     enables the clean oracle and adds the clean share and the ROC AUC of the method's score per
-    noise kind to ``summary.json``. ``qe`` (id -> dual cross-entropy score, gdig_core.qe) serves the
+    noise kind to ``summary.json``. ``qe`` (id -> dual cross-entropy score, gdig_core.filters.qe) serves the
     ``qe`` method and pre-filter. Raises :class:`SelectionError` for a non-positive budget, an
     unknown method, a missing score variant or ids missing from the pool. Each file is written
     atomically and ``summary.json`` last, after the previous one was removed: a directory with a

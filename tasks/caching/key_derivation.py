@@ -31,6 +31,8 @@ from gdig_core.io import text_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 METHOD_PACKAGE = "gdig_core"
+#: The config package: one schema over several modules, whose __init__ gathers their names.
+CONFIG_DIR = PROJECT_ROOT / METHOD_PACKAGE / "config"
 _PACKAGES = ("gdig_core", "tasks")
 Path_ = tuple[str, ...]
 WHOLE: Path_ = ()
@@ -93,6 +95,29 @@ def module_info(module: str) -> ModuleInfo:
 
 
 @cache
+def config_modules() -> tuple[ModuleInfo, ...]:
+    """Every module of the config package (its classes' methods read config fields)."""
+    return tuple(module_info(f"{METHOD_PACKAGE}.config.{p.stem}") for p in sorted(CONFIG_DIR.glob("*.py"))
+                 if p.stem != "__init__")
+
+
+def defining_module(module: str, name: str) -> str | None:
+    """The project module that defines function ``name`` as seen from ``module``: itself, or the
+    module a package ``__init__`` re-exports it from (``from gdig_core.config import method_spec``)."""
+    seen: set[str] = set()
+    while module not in seen:
+        seen.add(module)
+        info = module_info(module)
+        if name in info.functions:
+            return module
+        target = info.imports.get(name)
+        if target is None or target[1] != name or not _in_project(target[0]):
+            return None
+        module = target[0]
+    return None
+
+
+@cache
 def imported_modules(module: str) -> frozenset[str]:
     """``module`` and every project module it imports, transitively, within its own package."""
     package = module.split(".")[0]
@@ -134,7 +159,7 @@ def source_fingerprint(path: Path) -> str:
     except SyntaxError:
         return text_sha256(text)
     _strip_docstrings(tree)
-    if path == module_file(f"{METHOD_PACKAGE}.config"):
+    if path.parent == CONFIG_DIR:
         _strip_field_declarations(tree)
     return text_sha256(ast.dump(tree, annotate_fields=False))
 
@@ -188,8 +213,9 @@ class _Reads:
                 return self.module.name, func.id
             target = self.module.imports.get(func.id)
             if target and target[1] and _in_project(target[0]) and func.id not in self.aliases:
-                if target[1] in module_info(target[0]).functions:
-                    return target[0], target[1]
+                found = defining_module(target[0], target[1])
+                if found is not None:
+                    return found, target[1]
         chain = _chain(func)
         if chain and len(chain[1]) == 1 and chain[0] not in self.aliases:
             target = self.module.imports.get(chain[0])
@@ -218,13 +244,13 @@ class _Reads:
             for arg in call.args:
                 self.read(name, prefix + (arg.value,))
             return
-        config = module_info(f"{METHOD_PACKAGE}.config")
-        for methods in config.classes.values():
-            node = methods.get(method)
-            if node is not None and node.args.args and node.args.args[0].arg == "self":
-                for rel in _function_reads(config.name, node, "self"):
-                    self.read(name, prefix + rel)
-                return
+        for config in config_modules():
+            for methods in config.classes.values():
+                node = methods.get(method)
+                if node is not None and node.args.args and node.args.args[0].arg == "self":
+                    for rel in _function_reads(config.name, node, "self"):
+                        self.read(name, prefix + rel)
+                    return
         self.read(name, prefix)
 
     def call(self, node: ast.Call, keep_returned: bool = False) -> list[Path_]:

@@ -39,7 +39,7 @@ _FILE_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
 
 
 def code_version(modules: Iterable[str]) -> str:
-    """Hash of the source files a stage runs (``gdig_core/curvature.py`` ...) plus the package version.
+    """Hash of the source files a stage runs (``gdig_core/influence/curvature.py`` ...) plus the package version.
 
     Editing the method recomputes what it produced; editing an unrelated module, or only the
     comments and docstrings of a related one, does not (``key_derivation.source_fingerprint``).

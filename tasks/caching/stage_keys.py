@@ -139,8 +139,8 @@ def key_parts(calls: StageCalls) -> tuple[str, list[str]]:
 
 def _model_calls(cfg: GdigConfig) -> StageCalls:
     """How every stage that runs the reference model loads and encodes."""
-    from gdig_core.encoding import encode_pairs
-    from gdig_core.models import load_model
+    from gdig_core.data.encoding import encode_pairs
+    from gdig_core.training.models import load_model
 
     return {"load_model": CoreCall(load_model, cfg=cfg.model), "encode": CoreCall(encode_pairs, cfg=cfg)}
 
@@ -149,7 +149,9 @@ def _scoring_calls(stage: str, cfg: GdigConfig, projection: StageCalls) -> Stage
     """``gradients``: what one row of the gradient store depends on; ``scoring-rows``: what one
     row of the scores depends on (on the chosen path); ``scoring``: the stage, which also fills
     the store when it is enabled."""
-    from gdig_core import encoding, grad_store, hooks, influence, row_store, variants
+    from gdig_core.data import encoding
+    from gdig_core.influence import benefit as influence
+    from gdig_core.influence import grad_store, hooks, row_store, variants
 
     score = cfg.scoring
     passes = {"batches": CoreCall(encoding.iter_batches, batch_size=score.batch_size),
@@ -178,30 +180,29 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
     """The method calls of ``stage`` with what the stage passes them. ``params``: ``method`` (a
     MethodSpec or the name of one in selection.methods) and ``budget`` for selection, ``seed``
     for finetune."""
-    from gdig_core import (
+    from gdig_core import selection
+    from gdig_core.data import encoding, pairs, prepare
+    from gdig_core.evaluation import evaluate as evaluation
+    from gdig_core.evaluation import weak_mt
+    from gdig_core.filters import qe
+    from gdig_core.influence import (
         curvature,
-        data,
-        encoding,
-        evaluation,
-        evidence,
         factors,
         features,
         hooks,
-        models,
         preconditioners,
-        qe,
-        report,
-        report_evidence,
         seed_preconditioning,
-        selection,
-        training,
         variants,
-        weak_mt,
     )
+    from gdig_core.report import comparisons as report_evidence
+    from gdig_core.report import evidence
+    from gdig_core.report import writer as report
+    from gdig_core.training import finetune as training
+    from gdig_core.training import models
 
     if stage == "data":
         calls: StageCalls = {
-            "prepare": CoreCall(data.prepare_data, data_cfg=cfg.data, language_names=cfg.prompt.language_names)}
+            "prepare": CoreCall(prepare.prepare_data, data_cfg=cfg.data, language_names=cfg.prompt.language_names)}
         noise = cfg.data.noise
         if noise is not None and "low_quality_mt" in noise.kinds and noise.weak_mt is not None:
             weak = noise.weak_mt
@@ -215,7 +216,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
         return {"build": CoreCall(models.build_tiny_model, cfg=cfg.model.tiny, seed=0)}
     if stage == "reference":
         train = cfg.reference.train
-        return {"sample": CoreCall(data.sample_rows, sample=cfg.reference.sample, seed=train.seed),
+        return {"sample": CoreCall(pairs.sample_rows, sample=cfg.reference.sample, seed=train.seed),
                 "train": CoreCall(training.finetune, cfg=cfg, train_cfg=train)}
     curv = cfg.curvature
     # The preconditioners the score variants need; for the factors, only which statistics passes
@@ -227,7 +228,7 @@ def stage_calls(stage: str, cfg: GdigConfig, **params: Any) -> StageCalls:
     if stage == "curvature":
         passes = list(preconditioners.required_passes(methods))
         return _model_calls(cfg) | {
-            "sample": CoreCall(data.sample_rows, sample=curv.sample, seed=curv.sampling_seed),
+            "sample": CoreCall(pairs.sample_rows, sample=curv.sample, seed=curv.sampling_seed),
             "shards": Setting(shard_size=curv.shard_size, passes=passes),
             "batches": CoreCall(encoding.iter_batches, batch_size=curv.batch_size),
             "tracked": CoreCall(hooks.select_tracked_modules, cfg=curv),

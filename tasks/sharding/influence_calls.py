@@ -1,4 +1,4 @@
-"""The two gdig_core.influence calls, with their inputs read from files: preconditioning the seeds
+"""The two gdig_core.influence.benefit calls, with their inputs read from files: preconditioning the seeds
 and scoring one shard (a step of ``tasks.sharding.work``). The only place that knows the influence
 API; it depends on the model cache, never on the shard machinery."""
 
@@ -16,12 +16,12 @@ def precondition_call(
     """Precondition the seeds under every preconditioner in ``factor_paths`` (method -> file) in one
     capture pass; write one file per method to ``out_paths``. On the store path (``scoring.path:
     store``) the seeds are projected like the store's gradients, against factors fitted there."""
-    from gdig_core.data import read_pairs
-    from gdig_core.encoding import encode_pairs, iter_batches
-    from gdig_core.factors import load_factors, share_eigenbases
-    from gdig_core.features import gradient_projection
-    from gdig_core.hooks import layer_shape, select_tracked_modules
-    from gdig_core.seed_preconditioning import precondition_seeds
+    from gdig_core.data.encoding import encode_pairs, iter_batches
+    from gdig_core.data.pairs import read_pairs
+    from gdig_core.influence.factors import load_factors, share_eigenbases
+    from gdig_core.influence.features import gradient_projection
+    from gdig_core.influence.hooks import layer_shape, select_tracked_modules
+    from gdig_core.influence.seed_preconditioning import precondition_seeds
     from tasks.runtime.faults import with_oom_backoff
     from tasks.sharding.model_cache import loaded_model
 
@@ -47,7 +47,7 @@ def precondition_call(
 
 def load_precond(inputs: dict[str, Path]) -> dict:
     """The preconditioned seeds among a job's inputs (``precond:<method>``), by method."""
-    from gdig_core.seed_preconditioning import Preconditioned
+    from gdig_core.influence.seed_preconditioning import Preconditioned
 
     return {name.split(":", 1)[1]: Preconditioned.load(path) for name, path in inputs.items()
             if name.startswith("precond:")}
@@ -60,11 +60,11 @@ def score_shard_call(
     """Score one shard; with ``grad_path`` also write its rows' projected gradients (the store)."""
     from contextlib import nullcontext
 
-    from gdig_core.factors import load_factors
-    from gdig_core.grad_store import segment_writer
-    from gdig_core.hooks import layer_shape
-    from gdig_core.influence import score_shard
-    from gdig_core.variants import score_variants
+    from gdig_core.influence.benefit import score_shard
+    from gdig_core.influence.factors import load_factors
+    from gdig_core.influence.grad_store import segment_writer
+    from gdig_core.influence.hooks import layer_shape
+    from gdig_core.influence.variants import score_variants
 
     precond = load_precond(inputs)
     variants = score_variants(cfg.curvature.method, cfg.scoring.variants)

@@ -16,7 +16,7 @@ LOAD_LOCK = threading.Lock()
 
 def loaded_model(cfg: GdigConfig, path: str) -> tuple[Any, Any]:
     """(model, tokenizer) of the checkpoint at ``path`` under ``cfg.model``, loaded once per thread."""
-    from gdig_core.models import load_model
+    from gdig_core.training.models import load_model
 
     cache: dict[tuple[str, str], tuple[Any, Any]] = getattr(_LOCAL, "models", {})
     key = (path, cfg.model.model_dump_json())

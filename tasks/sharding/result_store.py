@@ -1,4 +1,4 @@
-"""Where per-candidate results live across runs (``gdig_core.row_store``): one directory per
+"""Where per-candidate results live across runs (``gdig_core.influence.row_store``): one directory per
 context (the hash of everything a row's result depends on except its text), holding segments
 ``seg-<hash>.parquet`` whose ids are content keys, each with the usual ``.done.json`` sidecar
 (size, content digest, and the content keys it holds).

@@ -46,14 +46,14 @@ class ShardContext:
 
 
 def _covariance(ctx: ShardContext, batches: Any) -> dict[str, Any]:
-    from gdig_core.curvature import save_stats
+    from gdig_core.influence.curvature import save_stats
 
     save_stats(ctx.calls["covariance"](ctx.model, batches, ctx.tracked, projection=ctx.projection), ctx.out)
     return {"examples": ctx.examples}
 
 
 def _lambda(ctx: ShardContext, batches: Any) -> dict[str, Any]:
-    from gdig_core.curvature import load_stats, save_stats
+    from gdig_core.influence.curvature import load_stats, save_stats
 
     eigen = load_stats(ctx.inputs["eigen"])
     save_stats(ctx.calls["lambda"](ctx.model, batches, ctx.tracked, eigen, projection=ctx.projection), ctx.out)
@@ -102,7 +102,7 @@ def execute_job(job: ShardJob) -> dict[str, Any]:
 
     The method functions are called through the stage's key calls (``tasks.caching.stage_keys``), so the
     configuration a shard runs with is the one its stage's cache key covers."""
-    from gdig_core.hooks import layer_shape
+    from gdig_core.influence.hooks import layer_shape
 
     log = artifacts.logger()
     step = STEPS[job.kind]
@@ -139,7 +139,7 @@ def execute_job(job: ShardJob) -> dict[str, Any]:
 
 
 def _rows(job: ShardJob, table_path: Path) -> list[dict[str, Any]]:
-    from gdig_core.data import read_pairs
+    from gdig_core.data.pairs import read_pairs
 
     return read_pairs(table_path).slice(job.start, job.end - job.start).to_pylist()
 

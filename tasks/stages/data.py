@@ -47,7 +47,7 @@ def prepare_data_task(cfg: GdigConfig, run_dir: str) -> StageOutput:
         inputs |= raw_file_hashes({"third_language": resolve_data_path(cfg.data, third.path),
                                    "third_language_tgt": resolve_data_path(cfg.data, third.tgt_path) if third.tgt_path else None})
     if "weak_mt" in calls:  # the weak system's weights decide the low_quality_mt targets
-        from gdig_core.models import model_path
+        from gdig_core.training.models import model_path
 
         inputs["weak_mt"] = model_fingerprint(model_path(calls["weak_mt"].kwargs["model_cfg"]))
     # data_summary.json names the files read by absolute path: not part of the content.
@@ -68,11 +68,11 @@ def prepare_data_task(cfg: GdigConfig, run_dir: str) -> StageOutput:
 def base_model_task(cfg: GdigConfig, run_dir: str, data: StageOutput) -> tuple[str, str]:
     """``(path or hub id, fingerprint)`` of the base model; the tiny model is built from the pool."""
     if cfg.model.name != "tiny":
-        from gdig_core.models import model_path
+        from gdig_core.training.models import model_path
 
         path = model_path(cfg.model)
         return path, model_fingerprint(path)
-    from gdig_core.data import read_pairs
+    from gdig_core.data.pairs import read_pairs
 
     calls = stage_calls("base-model", cfg)
 
@@ -96,7 +96,7 @@ def reference_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple
         model = pinned_reference(cfg)
         record("pinned", "reference", dir=cfg.pin.reference.dir, hash=model[1])
         return model
-    from gdig_core.data import read_pairs
+    from gdig_core.data.pairs import read_pairs
 
     calls = stage_calls("reference", cfg)
 

@@ -42,8 +42,8 @@ def select_task(
     qe: StageOutput | None = None,
 ) -> StageOutput:
     """One method at one budget: ``selected.parquet``/``.jsonl``, ``candidates.parquet``, ``summary.json``."""
-    from gdig_core.data import read_pairs
-    from gdig_core.scores import read_scores
+    from gdig_core.data.pairs import read_pairs
+    from gdig_core.influence.scores import read_scores
     from gdig_core.selection import select
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def finetune_task(
     cfg: GdigConfig, run_dir: str, base: tuple[str, str], selection: StageOutput, seed: int
 ) -> StageOutput:
     """Finetune the base model (not the reference model) on one selection."""
-    from gdig_core.data import read_pairs
+    from gdig_core.data.pairs import read_pairs
 
     calls = stage_calls("finetune", cfg, seed=seed)
 

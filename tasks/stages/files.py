@@ -8,7 +8,7 @@ from gdig_core.config import GdigConfig
 
 def needed_methods(cfg: GdigConfig) -> list[str]:
     """The preconditioners the score variants read, primary first."""
-    from gdig_core.variants import curvature_methods, score_variants
+    from gdig_core.influence.variants import curvature_methods, score_variants
 
     return curvature_methods(score_variants(cfg.curvature.method, cfg.scoring.variants))
 

@@ -52,7 +52,7 @@ def _jobs(
 @task(name="tracked-modules", **TASK_OPTS)
 def tracked_modules_task(cfg: GdigConfig, checkpoint: str) -> dict[str, tuple[int, int]]:
     """The tracked layers, in order, with the (out, in) shape of their gradients."""
-    from gdig_core.hooks import layer_shape, select_tracked_modules
+    from gdig_core.influence.hooks import layer_shape, select_tracked_modules
 
     model, _ = loaded_model(cfg, checkpoint)
     return {name: layer_shape(m) for name, m in select_tracked_modules(model, cfg.curvature).items()}
@@ -60,7 +60,7 @@ def tracked_modules_task(cfg: GdigConfig, checkpoint: str) -> dict[str, tuple[in
 
 @task(name="eigendecompose", **TASK_OPTS)
 def eigen_task(cfg: GdigConfig, stats_paths: list[Path], out_path: Path) -> dict[str, Any]:
-    from gdig_core.curvature import N_BAD, N_EXAMPLES, eigendecompose, merge_stats, save_stats
+    from gdig_core.influence.curvature import N_BAD, N_EXAMPLES, eigendecompose, merge_stats, save_stats
 
     merged = merge_stats(stats_paths)
     save_stats(eigendecompose(merged, cfg.curvature), out_path)
@@ -69,8 +69,8 @@ def eigen_task(cfg: GdigConfig, stats_paths: list[Path], out_path: Path) -> dict
 
 def _curvature_passes(cfg: GdigConfig) -> tuple[bool, bool]:
     """(covariance pass, Lambda pass) that the configured score variants need."""
-    from gdig_core.preconditioners import required_passes
-    from gdig_core.variants import curvature_methods, score_variants
+    from gdig_core.influence.preconditioners import required_passes
+    from gdig_core.influence.variants import curvature_methods, score_variants
 
     return required_passes(curvature_methods(score_variants(cfg.curvature.method, cfg.scoring.variants)))
 
@@ -82,10 +82,10 @@ def finalize_task(
     """Every preconditioner the fitted statistics allow (identity always; K-FAC with the
     eigendecomposition; EK-FAC with the Lambda pass too), one file each: they cost nothing more.
     With the gradient store enabled, the same in its projected space (``projected-factors-*``)."""
-    from gdig_core.curvature import load_stats, merge_stats
-    from gdig_core.factors import finalize_factors, finalize_projected_factors, save_factors
-    from gdig_core.features import gradient_projection
-    from gdig_core.preconditioners import available
+    from gdig_core.influence.curvature import load_stats, merge_stats
+    from gdig_core.influence.factors import finalize_factors, finalize_projected_factors, save_factors
+    from gdig_core.influence.features import gradient_projection
+    from gdig_core.influence.preconditioners import available
 
     modules = list(shapes)
     eigen = load_stats(eigen_path) if eigen_path is not None else None
@@ -111,7 +111,7 @@ def curvature_stage(
 ) -> StageOutput:
     """K-FAC/EK-FAC factors at a scoring model (the reference model, or the base model), both
     statistics passes sharded over the sample; one factor file per preconditioner."""
-    from gdig_core.data import read_pairs, write_pairs
+    from gdig_core.data.pairs import read_pairs, write_pairs
 
     orch = cfg.orchestration
     ccfg = cfg.curvature

@@ -1,5 +1,5 @@
 """The QE stage: the base model's dual conditional cross-entropy of every pool pair
-(gdig_core.qe), for the ``qe`` method and pre-filter and the evidence tables."""
+(gdig_core.filters.qe), for the ``qe`` method and pre-filter and the evidence tables."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ QE_FILE = "qe.parquet"
 @task(name="qe", **TASK_OPTS)
 def qe_task(cfg: GdigConfig, run_dir: str, data: StageOutput, base: tuple[str, str]) -> StageOutput:
     """``qe.parquet`` (id, nll_fwd, nll_bwd, tokens_fwd, tokens_bwd, qe) in pool order."""
-    from gdig_core.data import read_pairs
-    from gdig_core.qe import write_qe
+    from gdig_core.data.pairs import read_pairs
+    from gdig_core.filters.qe import write_qe
 
     calls = stage_calls("qe", cfg)
 
@@ -54,6 +54,6 @@ def qe_scores(qe: StageOutput | None) -> dict[str, float] | None:
     """id -> QE score from the stage's output (None without a QE stage)."""
     if qe is None:
         return None
-    from gdig_core.qe import qe_by_id, read_qe
+    from gdig_core.filters.qe import qe_by_id, read_qe
 
     return qe_by_id(read_qe(qe.path(QE_FILE)))

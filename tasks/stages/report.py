@@ -19,7 +19,7 @@ from tasks.stages.qe import QE_FILE
 
 
 def read_pool(data: StageOutput) -> Any:
-    from gdig_core.data import read_pairs
+    from gdig_core.data.pairs import read_pairs
 
     return read_pairs(data.path("pool.parquet"))
 
@@ -49,7 +49,7 @@ def evaluation_hyps(
 ) -> tuple[dict[str, dict[int, dict[str, list[str]]]], dict[str, list[str]]]:
     """(method -> finetuning seed -> test set -> hypotheses, test set -> references) from the
     evaluation stages' files, for the paired tests (zero-shot left out)."""
-    from gdig_core.evaluation import read_lines
+    from gdig_core.evaluation.evaluate import read_lines
 
     hyps: dict[str, dict[int, dict[str, list[str]]]] = {}
     refs: dict[str, list[str]] = {}
@@ -98,21 +98,21 @@ def report_task(
         aucs: list[dict[str, Any]] = []
         histogram = None
         if labels:
-            from gdig_core.evidence import auc_rows, plot_histograms
-            from gdig_core.scores import read_scores
+            from gdig_core.influence.scores import read_scores
+            from gdig_core.report.evidence import auc_rows, plot_histograms
 
             tables = {label: read_scores(sorted(Path(o.dir).glob("scores/*.parquet"))) for label, o in scores.items()}
             qe_table = None
             if qe is not None:
-                from gdig_core.qe import read_qe
+                from gdig_core.filters.qe import read_qe
 
                 qe_table = read_qe(qe.path(QE_FILE))
             ids, named = calls["evidence"](read_pool(data), tables, qe=qe_table)
             aucs = auc_rows(ids, named, labels)
             if plot_histograms(ids, named, labels, str(out / "score_distributions.png")):
                 histogram = "score_distributions.png"
-        from gdig_core.report import comparison_rows
-        from gdig_core.report_evidence import method_costs
+        from gdig_core.report.comparisons import method_costs
+        from gdig_core.report.writer import comparison_rows
         from gdig_core.selection.outputs import length_profile
 
         eval_rows, sel_rows = [e.summary for e in evaluations], [s.summary for s in selections]

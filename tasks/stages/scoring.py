@@ -1,6 +1,6 @@
 """The scoring stage: every pool candidate's benefit on every seed, computed only for the
 candidates the result store lacks (``tasks.sharding.result_store``), then written in pool order under the
-pool's ids (``gdig_core.row_store.assemble``).
+pool's ids (``gdig_core.influence.row_store.assemble``).
 
 Two paths (``scoring.path``):
 
@@ -65,9 +65,9 @@ class _Planner:
         self.jobs: list[ShardJob] = []
 
     def add(self, kind: ShardKind, name: str, wanted: list[str], output_root: str, grad_root: str | None) -> None:
-        from gdig_core.data import write_pairs
+        from gdig_core.data.pairs import write_pairs
+        from gdig_core.influence.row_store import segment_name, unique_rows
         from gdig_core.integrity import file_digest
-        from gdig_core.row_store import segment_name, unique_rows
 
         if not wanted:
             return
@@ -99,10 +99,10 @@ def _rescore(cfg: GdigConfig, keys: list[str], grads: StoreIndex, scores_root: s
     import numpy as np
     import pyarrow as pa
 
-    from gdig_core.grad_store import read_segment, store_seeds
-    from gdig_core.row_store import segment_name
-    from gdig_core.seed_preconditioning import Preconditioned
-    from gdig_core.variants import score_variants
+    from gdig_core.influence.grad_store import read_segment, store_seeds
+    from gdig_core.influence.row_store import segment_name
+    from gdig_core.influence.seed_preconditioning import Preconditioned
+    from gdig_core.influence.variants import score_variants
 
     precond_by_method = {m: Preconditioned.load(precond.path(precond_file(m))) for m in needed_methods(cfg)}
     seeds = store_seeds(precond_by_method, cfg.scoring.loss_normalisation,
@@ -144,9 +144,9 @@ def scoring_stage(
 ) -> StageOutput:
     """Benefit of every pool candidate on every seed, ``scores/shard-*.parquet`` in pool order,
     with summary columns for every configured score variant; new rows only are computed."""
-    from gdig_core.data import read_pairs
-    from gdig_core.row_store import META_SCORE_PATH
-    from gdig_core.scores import read_scores
+    from gdig_core.data.pairs import read_pairs
+    from gdig_core.influence.row_store import META_SCORE_PATH
+    from gdig_core.influence.scores import read_scores
 
     orch = cfg.orchestration
     path = cfg.scoring.path
