@@ -3,7 +3,8 @@
 One module per wing (``data``, ``training``, ``influence``, ``filters``, ``selection``,
 ``evaluation``, ``orchestration``), joined by :mod:`gdig_core.config.schema` (``GdigConfig``,
 ``load_config``). This package gathers every public name, so ``from gdig_core.config import X``
-works whatever module defines X. May import: the root's shared modules (``names``) only.
+works whatever module defines X. May import: the root's shared modules (``names``); the
+validators look up the influence wing's registries by name, inside functions, when a config is checked.
 """
 
 from __future__ import annotations

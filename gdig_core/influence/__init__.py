@@ -4,5 +4,5 @@ Hooks capture layer activations and gradients; ``curvature``/``factors`` fit K-F
 ``seed_preconditioning`` turns seed gradients into ``H^-1 grad``; ``benefit`` scores candidates
 against them into score shards (``scores``); ``features``/``grad_store`` keep the projected
 gradients for k-means and rescoring. A new curvature strategy goes in ``preconditioners``.
-May import: ``config``, ``data``, ``training``, ``io``, ``integrity``.
+May import: ``config``, ``training``, ``io``, ``integrity``.
 """

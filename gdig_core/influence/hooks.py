@@ -26,9 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from gdig_core.config import CurvatureConfig
-
-#: What gdig_core.data.encoding.iter_batches yields and every statistics or scoring pass consumes:
-#: (ids, model inputs) per batch.
 from gdig_core.training.losses import example_losses
 
 #: What gdig_core.data.encoding.iter_batches yields and every statistics or scoring pass consumes:

@@ -42,8 +42,8 @@ class Variant:
 def parse_variant(name: str) -> Variant:
     """``"ekfac-raw"`` -> Variant("ekfac", "raw"); ValueError naming the accepted forms."""
     curvature, sep, normalisation = str(name).partition("-")
-    # Looked up, not imported (as config.py's validators do): this module is imported by
-    # config.py, and naming a strategy runs none of its code.
+    # Looked up, not imported (as the config validators do): this module is imported by
+    # gdig_core.config, and naming a strategy runs none of its code.
     curvatures = importlib.import_module("gdig_core.influence.preconditioners").names()
     if not sep or curvature not in curvatures or normalisation not in NORMALISATIONS:
         raise ValueError(

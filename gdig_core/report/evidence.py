@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from gdig_core.influence.scores import ScoreTable
 
-#: Display names of the cheap text scores (keys of text_filters.cheap_scores).
+#: Display names of the cheap text scores (keys of filters.rules.cheap_scores).
 TEXT_SCORE_NAMES = {"length_ratio": "length ratio", "copy": "not a copy", "language_id": "target language id",
                     "combined": "cheap filter (combined)"}
 

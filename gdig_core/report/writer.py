@@ -247,7 +247,7 @@ def build_report(
     kind, ``histogram`` names a PNG of score distributions in ``out_dir``, ``stage_times`` lists
     ``{stage, seconds, cached}``, and ``config_yaml``/``command`` say exactly what ran.
     ``significance`` (gdig_core.report.comparisons.significance_rows) adds the paired tests,
-    ``costs`` (report_evidence.method_costs) what each method cost, ``pool_profile`` the pool's
+    ``costs`` (comparisons.method_costs) what each method cost, ``pool_profile`` the pool's
     lengths beside each selection's; a cascade run with its ablation gets an ablation table.
     """
     from gdig_core.report import comparisons as ev

@@ -1,26 +1,10 @@
-"""Selection (design section 3, steps 5-7): quality rule, gradient k-means, cluster-balanced
-resampling, the baselines, and the files that record every decision.
+"""Selection (design section 3, steps 5-7): the quality rule (``quality``), gradient k-means and
+round robin (``clustering``), the registered methods and baselines (``registry``, ``methods``,
+``plan``, ``context``), and the files that record every decision (``outputs``, ``plots``,
+``layout``); ``run`` decides and writes (:func:`select`, :func:`run_selection`). A method runs as a
+:class:`~gdig_core.config.MethodSpec`; adding one: ``docs/extending.md``.
 
-The package, one job per module:
-
-- :mod:`~gdig_core.selection.quality`: eligibility and the quality set (step 5).
-- :mod:`~gdig_core.selection.clustering`: k-means and round robin (step 6), on plain arrays.
-- :mod:`~gdig_core.selection.registry`: the methods by name; :mod:`~gdig_core.selection.methods`
-  the built-in ones (gdig, quality, diversity, random, full, nll, the text filters, oracle), one
-  registered function each; :mod:`~gdig_core.selection.plan` what a method returns and the
-  pieces methods share; :mod:`~gdig_core.selection.context` the pool's texts and labels.
-- :mod:`~gdig_core.selection.outputs`: the tables and the summary; :mod:`~gdig_core.selection.plots`
-  the PNGs (plain arrays in); :mod:`~gdig_core.selection.layout` the directory layout and file names.
-- :mod:`~gdig_core.selection.run`: :func:`select` (decide and write), :func:`plan_selection`
-  (decide only), :func:`selection_plan` and :func:`run_selection` (every method and budget).
-
-A method runs as a :class:`~gdig_core.config.MethodSpec`: a name (its directory), a registered
-kind, and optional overrides (score variant, quality rule, tau, top_k, seed...) and cheap
-pre-filters whose rejects are not eligible. Adding a method: ``docs/extending.md``.
-
-Public API: :func:`select`, :func:`run_selection`, :func:`selection_plan`, :func:`quality_mask`,
-:func:`quality_rank`, :func:`kmeans_clusters`, :func:`round_robin`, :func:`selection_dir`,
-:func:`register`.
+May import: ``config``, ``data``, ``influence`` (score tables), ``filters``, ``io``.
 """
 
 from gdig_core.selection.clustering import (

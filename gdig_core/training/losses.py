@@ -6,9 +6,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-#: What gdig_core.data.encoding.iter_batches yields and every statistics or scoring pass consumes:
-#: (ids, model inputs) per batch.
-
 
 def _sampled_labels(logits: Tensor, labels: Tensor, seeds: list[int]) -> Tensor:
     """Labels drawn from the model's own predictive distribution (true Fisher) at target positions.

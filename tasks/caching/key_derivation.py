@@ -12,7 +12,7 @@ small (a stale hit).
 
 Code: the import graph of ``gdig_core`` (module-level and function-level imports) gives the
 modules a function's module reaches; their syntax trees, without docstrings, are fingerprinted.
-``config.py``'s field declarations are left out of its fingerprint: the values of the fields a
+The config package's field declarations are left out of its fingerprint: the values of the fields a
 stage reads are in its key already, so adding a setting elsewhere does not recompute everything.
 """
 
@@ -150,7 +150,7 @@ def _strip_field_declarations(tree: ast.Module) -> None:
 
 
 def source_fingerprint(path: Path) -> str:
-    """Hash of a module's syntax tree without docstrings (and, for config.py, without its field
+    """Hash of a module's syntax tree without docstrings (and, for the config package, without its field
     declarations): reformatting or editing comments and docs does not invalidate results."""
     text = path.read_text(encoding="utf-8")
     try:
