@@ -170,7 +170,7 @@ def test_code_version_is_safe_from_a_thread_pool(monkeypatch) -> None:
 
     from tasks.caching import stage_cache
 
-    sets = [("gdig_core/selection/",), ("gdig_core/influence/benefit.py", "gdig_core/influence/curvature.py"),
+    sets = [("gdig_core/selection/run.py",), ("gdig_core/influence/benefit.py", "gdig_core/influence/curvature.py"),
             ("gdig_core/training/finetune.py", "gdig_core/evaluation/evaluate.py", "gdig_core/evaluation/generation.py")] * 8
     expected = {}
     for names in sets:
