@@ -29,7 +29,7 @@ _TRAIN = ["epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "w
 #: stage -> field patterns whose change must change the stage's key (and nothing else may).
 EXPECTED: dict[str, list[str]] = {
     "data": ["data.src_lang", "data.tgt_lang", "data.pool.*", "data.seed.*", "data.quarantine_pool", "data.dedup",
-             "data.max_chars", "data.sample_seed", "data.noise", "prompt.language_names"],
+             "data.max_chars", "data.max_line_bytes", "data.sample_seed", "data.noise", "prompt.language_names"],
     "base-model": ["model.tiny.*"],
     # Two teacher-forced passes of the pool under the base model's prompt.
     "qe": [*_PROMPT, *_MODEL_LOAD, "qe.batch_size"],
@@ -70,7 +70,8 @@ EXPECTED: dict[str, list[str]] = {
     "evaluation": [*_PROMPT, *_MODEL_LOAD, "evaluation.test_sets", "evaluation.max_sentences",
                    "evaluation.batch_size", "evaluation.max_new_tokens", "evaluation.num_beams", "evaluation.bf16",
                    "evaluation.max_new_tokens_ratio", "evaluation.reference_nll", "evaluation.reference_nll_sentences",
-                   "evaluation.comet_model", "data.src_lang", "data.tgt_lang", "data.max_chars", "data.dedup",
+                   "evaluation.comet_model", "data.src_lang", "data.tgt_lang", "data.max_chars", "data.max_line_bytes",
+                   "data.dedup",
                    "data.quarantine_pool", "data.sample_seed"],
     # The report prints the whole config (and the command), so every field is in its key.
     "report": ["*"],
@@ -233,6 +234,9 @@ EXPECTED_CODE: dict[str, set[str]] = {
     "integrity": _ALL - {"base-model"},
     "data": {"data", "reference", "curvature", "finetune", "evaluation"},
     "noise": {"data", "reference", "curvature", "finetune", "evaluation"},  # data.py imports it
+    # data.py's errors, its capped line reader and its character checks: the same stages as data.py.
+    **{m: {"data", "reference", "curvature", "finetune", "evaluation"}
+       for m in ("data_errors", "line_reader", "text_checks")},
     # Not the data stage: data.py no longer re-exports the encoding functions it never calls.
     "encoding": _ALL - {"data", "base-model", "selection", "report"},
     "models": _ALL - {"data", "selection", "report"},
