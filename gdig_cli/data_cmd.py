@@ -7,20 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
+from gdig_cli.arg_types import positive_int
 from gdig_core.config import ConfigError, DataConfig, DatasetSpec, ModelConfig
 from gdig_core.data import DataError, read_dataset, write_jsonl
 from gdig_core.noise import MODEL_FREE_KINDS, NOISE_KINDS, corrupt_pairs
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0 (argparse then names the option in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--src-lang", default="de")
     check.add_argument("--tgt-lang", default="en")
     check.add_argument("--max-chars", type=positive_int, default=DataConfig().max_chars)
+    check.add_argument("--max-line-bytes", type=positive_int, default=DataConfig().max_line_bytes,
+                       help="longest line read, in bytes with its line break (data.max_line_bytes)")
     check.add_argument(
         "--strict", action="store_true", help="treat every bad row as fatal (as for seed and test sets)"
     )
@@ -89,7 +81,7 @@ def run_check(args: argparse.Namespace) -> int:
         raise DataError(args.tgt_path, None, None, "--tgt-path pairs with exactly one source path")
     data_cfg = DataConfig(
         data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang, max_chars=args.max_chars,
-        quarantine_pool=not args.strict,
+        max_line_bytes=args.max_line_bytes, quarantine_pool=not args.strict,
     )
     summaries = []
     for path in args.paths:
