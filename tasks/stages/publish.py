@@ -17,6 +17,7 @@ from gdig_core.integrity import hashing_stats
 from gdig_core.io import atomic_write_json, atomic_write_text
 from gdig_core.names import inside
 from gdig_core.selection.layout import ROOT, selection_dirs, selection_subdir
+from gdig_core.write_faults import writing
 from tasks.caching.stage_cache import StageOutput
 from tasks.runtime.records import record
 
@@ -24,10 +25,11 @@ from tasks.runtime.records import record
 def _mirror(src: Path, dst: Path) -> None:
     """Replace ``dst`` with a copy of ``src`` (small files: selections and reports)."""
     tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("_manifest.json"))
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    with writing(dst):
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("_manifest.json"))
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
 
 
 #: Written into each selection directory the latest run did not produce.
