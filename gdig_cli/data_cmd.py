@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from gdig_cli.arg_types import positive_int
@@ -125,6 +126,13 @@ def run_corrupt(args: argparse.Namespace) -> int:
     # A path (not a model name or hub id) must be a checkpoint directory.
     if args.weak_mt and args.weak_mt.startswith(("/", ".")) and not Path(args.weak_mt).is_dir():
         raise ConfigError(f"--weak-mt: no checkpoint directory {args.weak_mt}")
+    output = Path(args.output)
+    if not args.output or "\0" in args.output or output.is_dir():
+        raise ConfigError(f"data corrupt: the output {args.output!r} must be a file path (JSON lines)")
+    # The output replaces its file whole: never one of the inputs the run reads.
+    inputs = [p for p in (args.input, args.third_language, args.mt_hypotheses) if p]
+    if any(os.path.realpath(p.replace("\0", "")) == os.path.realpath(args.output) for p in inputs):
+        raise ConfigError(f"data corrupt: the output {args.output} is one of the inputs; write the noisy pool elsewhere")
     data_cfg = DataConfig(data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang)
     table = read_dataset(DatasetSpec(path=args.input), data_cfg, "pool").table
     third = None

@@ -47,6 +47,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A file name that is not UTF-8 (argv decodes it with surrogate escapes) must print, not crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     return run_command(build_parser().parse_args(argv))
 
 

@@ -123,6 +123,8 @@ def _find_shard(paths: list[Path], candidate_id: str) -> Path:
 def _pairs_by_id(path: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
     if not path.exists() or not ids:
         return {}
+    if not path.is_file():
+        raise ExplainError(f"{path}: not a Parquet file of pairs (a directory or a device)")
     with reading(path, "pairs Parquet file"):
         table = pq.read_table(path)
     hit = table.filter(pc.is_in(table.column("id").cast(pa.string()), value_set=pa.array(ids, pa.string())))

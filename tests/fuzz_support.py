@@ -80,6 +80,8 @@ def _audit(event: str, args: tuple) -> None:
         path = Path(os.path.abspath(text))
         if not any(path == root or root in path.parents for root in allowed):
             _ESCAPES.append(f"{event} {text}")
+            # Blocked, not only counted: a fuzzed output path may name any file on the machine.
+            raise PermissionError(f"fuzzing harness: {event} outside the sandbox refused: {text}")
 
 
 sys.addaudithook(_audit)
