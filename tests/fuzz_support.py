@@ -27,7 +27,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 
 #: Generated inputs per surface: enough to meet every branch of a reader, a few seconds each.
-EXAMPLES = int(os.environ.get("GDIG_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("GDIG_FUZZ_EXAMPLES", "300"))
 HANG_SECONDS = 20.0
 
 FUZZ = settings(
