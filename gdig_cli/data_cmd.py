@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
+from gdig_cli.arg_types import positive_int
 from gdig_core.config import ConfigError, DataConfig, DatasetSpec, ModelConfig
 from gdig_core.data.noise import MODEL_FREE_KINDS, NOISE_KINDS, corrupt_pairs
 from gdig_core.data.pairs import DataError, write_jsonl
 from gdig_core.data.readers import read_dataset
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0 (argparse then names the option in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--src-lang", default="de")
     check.add_argument("--tgt-lang", default="en")
     check.add_argument("--max-chars", type=positive_int, default=DataConfig().max_chars)
+    check.add_argument("--max-line-bytes", type=positive_int, default=DataConfig().max_line_bytes,
+                       help="longest line read, in bytes with its line break (data.max_line_bytes)")
     check.add_argument(
         "--strict", action="store_true", help="treat every bad row as fatal (as for seed and test sets)"
     )
@@ -90,7 +83,7 @@ def run_check(args: argparse.Namespace) -> int:
         raise DataError(args.tgt_path, None, None, "--tgt-path pairs with exactly one source path")
     data_cfg = DataConfig(
         data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang, max_chars=args.max_chars,
-        quarantine_pool=not args.strict,
+        max_line_bytes=args.max_line_bytes, quarantine_pool=not args.strict,
     )
     summaries = []
     for path in args.paths:
@@ -134,6 +127,13 @@ def run_corrupt(args: argparse.Namespace) -> int:
     # A path (not a model name or hub id) must be a checkpoint directory.
     if args.weak_mt and args.weak_mt.startswith(("/", ".")) and not Path(args.weak_mt).is_dir():
         raise ConfigError(f"--weak-mt: no checkpoint directory {args.weak_mt}")
+    output = Path(args.output)
+    if not args.output or "\0" in args.output or output.is_dir():
+        raise ConfigError(f"data corrupt: the output {args.output!r} must be a file path (JSON lines)")
+    # The output replaces its file whole: never one of the inputs the run reads.
+    inputs = [p for p in (args.input, args.third_language, args.mt_hypotheses) if p]
+    if any(os.path.realpath(p.replace("\0", "")) == os.path.realpath(args.output) for p in inputs):
+        raise ConfigError(f"data corrupt: the output {args.output} is one of the inputs; write the noisy pool elsewhere")
     data_cfg = DataConfig(data_dir=".", src_lang=args.src_lang, tgt_lang=args.tgt_lang)
     table = read_dataset(DatasetSpec(path=args.input), data_cfg, "pool").table
     third = None

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from gdig_cli.arg_types import positive_int
 from gdig_core.report.explain import (
     DEFAULT_POOL,
     DEFAULT_SCORES,
@@ -34,14 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
     p.add_argument("id", metavar="ID", help="candidate id (the pool's id column)")
     p.add_argument("--method", help="only the selection of this method name (default: all found)")
-    p.add_argument("--budget", type=int, help="only this budget (default: all found)")
+    p.add_argument("--budget", type=positive_int, help="only this budget (default: all found)")
     p.add_argument("--scores", help=f"score shard glob (default: outputs.json, else {DEFAULT_SCORES})")
     p.add_argument("--pool", help=f"pool pairs Parquet (default: outputs.json, else {DEFAULT_POOL})")
     p.add_argument("--seed", help=f"seed pairs Parquet (default: outputs.json, else {DEFAULT_SEED})")
     p.add_argument(
         "--selection", default=DEFAULT_SELECTION, help=f"selection output root (default {DEFAULT_SELECTION})"
     )
-    p.add_argument("--top", type=int, default=5, help="how many helped/harmed seeds to show (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="how many helped/harmed seeds to show (default 5)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     p.set_defaults(func=run_explain)
 

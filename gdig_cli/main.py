@@ -28,21 +28,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Call the subcommand; a user error (bad config, data, option, corrupt or escaping path) is one
-    line naming its cause, exit status 2, never a traceback."""
+    """Call the subcommand; a user error (bad config, data, option, corrupt or escaping path) or an
+    output the disk refused is one line naming its cause, exit status 2, never a traceback."""
     from gdig_core.config import ConfigError
     from gdig_core.data.pairs import DataError
     from gdig_core.integrity import CorruptFileError
     from gdig_core.names import PathEscapeError
+    from gdig_core.write_faults import OutputWriteError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, CorruptFileError, PathEscapeError) as err:
+    except (ConfigError, DataError, CorruptFileError, PathEscapeError, OutputWriteError) as err:
         print(f"gdig: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a run starts (a running pipeline stops in tasks.runtime.shutdown)
+        print("gdig: interrupted", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A file name that is not UTF-8 (argv decodes it with surrogate escapes) must print, not crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     return run_command(build_parser().parse_args(argv))
 
 

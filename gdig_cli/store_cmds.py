@@ -69,7 +69,10 @@ def pins(args: argparse.Namespace) -> int:
 
     outputs = Path(args.run_dir) / "outputs.json"
     try:
-        pinned = json.loads(outputs.read_text(encoding="utf-8")).get("pins")
+        index = json.loads(outputs.read_text(encoding="utf-8"))
+        if not isinstance(index, dict):
+            raise ValueError("not a JSON object")
+        pinned = index.get("pins")
     except (OSError, ValueError) as err:
         raise ConfigError(f"{outputs}: cannot read the run's outputs ({err}); has a run finished there?") from None
     if not pinned:

@@ -1,4 +1,5 @@
-"""File helpers shared by every stage: atomic writes and content hashes for cache keys."""
+"""File helpers shared by every stage: atomic writes and content hashes for cache keys. A write the
+disk refuses is an ``OutputWriteError`` naming the output (``gdig_core.write_faults``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from gdig_core.write_faults import writing
 
 _CHUNK = 1 << 20
 
@@ -31,18 +35,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     A crash mid-write leaves no file at ``path`` that a later run could mistake for a result.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        if tmp.is_file():
-            os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, final)
+        # A full disk surfaces in the serializer's own words (no path): name the output.
+        with writing(final, permission=False):
+            yield tmp
+        with writing(final):
+            if tmp.is_file():
+                os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
-            tmp.unlink()
+            _remove_quietly(tmp)
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a temporary that failed; on a read-only disk it stays (swept by the next run)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def staging_dir(final: str | Path) -> Path:
@@ -51,10 +70,11 @@ def staging_dir(final: str | Path) -> Path:
     mkdtemp makes it 0700; it gets the umask-based mode so the published result is readable.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # The ``.tmp`` suffix marks it as a leftover to sweep should the process be killed.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~(0o666 ^ _FILE_MODE))
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # The ``.tmp`` suffix marks it as a leftover to sweep should the process be killed.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        os.chmod(tmp, 0o777 & ~(0o666 ^ _FILE_MODE))
     return tmp
 
 

@@ -3,11 +3,13 @@ unknown language code or a missing dataset fails in seconds with its key path, n
 reference model, scoring and every finetune have run.
 
 The config model itself (``gdig_core.config``) checks types, ranges, names and the prompt
-template when it is loaded; this module checks what needs the file system.
+template when it is loaded; this module checks what needs the file system: every dataset is read
+(pool, seed, test sets), and what the selection methods need of the data is there.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from gdig_core.config import ConfigError, DatasetSpec, GdigConfig, resolve_data_path
@@ -56,6 +58,69 @@ def _opusfilter_problems(cfg: GdigConfig) -> list[str]:
     return []
 
 
+def _file_signature(cfg: GdigConfig, specs: list[DatasetSpec]) -> list[tuple[str, int, int]]:
+    out = []
+    for spec in specs:
+        for value in (spec.path, spec.tgt_path):
+            if value is not None:
+                path = resolve_data_path(cfg.data, value)
+                try:
+                    st = path.stat()
+                    out.append((str(path), st.st_size, st.st_mtime_ns))
+                except (OSError, ValueError):
+                    out.append((str(path), -1, -1))
+    return out
+
+
+# ``gdig run`` checks before the Prefect server starts and the flow checks again when it begins
+# (a deployment's runs start there): a pool read once per process and file state is enough.
+_DATA_CHECKED: dict[str, list[str]] = {}
+
+
+def _data_problems(cfg: GdigConfig) -> list[str]:
+    """Read the pool, the seed set and the third-language texts as the data stage will (seconds, a
+    fraction of the stage), so bad data fails before the server starts; then what the selection
+    methods need of the data (noise labels for the oracle)."""
+    from gdig_core.data.pairs import DataError
+    from gdig_core.data.readers import read_dataset
+    from gdig_core.selection import get_method
+
+    noise = cfg.data.noise
+    specs = {"data.pool": (cfg.data.pool, "pool"), "data.seed": (cfg.data.seed, "seed")}
+    if noise is not None and noise.third_language is not None:
+        specs["data.noise.third_language"] = (noise.third_language, "pool")
+    memo = json.dumps([cfg.data.model_dump(mode="json"), cfg.prompt.language_names, cfg.selection.model_dump(mode="json"),
+                       _file_signature(cfg, [spec for spec, _ in specs.values()])], sort_keys=True, default=str)
+    if memo in _DATA_CHECKED:
+        return list(_DATA_CHECKED[memo])
+    problems: list[str] = []
+    pool = None
+    for key, (spec, role) in specs.items():
+        if _missing_files(cfg, key, spec):
+            continue  # reported with its key path already
+        try:
+            result = read_dataset(spec, cfg.data, role, cfg.prompt.language_names)
+        except DataError as err:
+            problems.append(f"{key}: {err}")
+            continue
+        if key == "data.pool":
+            pool = result
+    if pool is not None:
+        if noise is not None and pool.noise_labels:
+            problems.append(f"data.noise: the pool ({pool.stats['file']}) already carries noise labels; data.noise "
+                            "would corrupt it twice (remove one)")
+        if noise is None and not pool.noise_labels:
+            for i, m in enumerate(cfg.selection.methods):
+                method = get_method(m.method)
+                if method is not None and method.needs_noise_labels:
+                    problems.append(
+                        f"selection.methods.{i} ({m.name}): the {m.method} method needs noise labels, and the pool "
+                        "has none: set data.noise (labelled noise injected into the pool) or use a pool whose rows "
+                        "carry a 'noise' label (gdig data corrupt)")
+    _DATA_CHECKED[memo] = list(problems)
+    return problems
+
+
 def preflight_problems(cfg: GdigConfig) -> list[str]:
     """Every problem found, each starting with its key path (empty when the run can start)."""
     from gdig_core.data.pairs import DataError
@@ -71,6 +136,7 @@ def preflight_problems(cfg: GdigConfig) -> list[str]:
         spec: DatasetSpec = getattr(cfg.data, role)
         problems += _missing_files(cfg, f"data.{role}", spec)
         problems += _language_problems(cfg, f"data.{role}", {"src_lang": spec.src_lang, "tgt_lang": spec.tgt_lang})
+    problems += _data_problems(cfg)
     if cfg.evaluation.enabled:
         for i, spec in enumerate(cfg.evaluation.test_sets):
             key = f"evaluation.test_sets.{i} ({spec.name})"

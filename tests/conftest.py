@@ -48,3 +48,16 @@ def one_torch_thread() -> Iterator[None]:
 
 # Orchestration fixtures (a real Prefect server, workers, pipeline runs) live in their own module.
 from prefect_fixtures import baseline_run, prefect_server  # noqa: E402,F401
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001 - pytest's hook
+    """The fuzzing harness's counts per input surface (tests/fuzz_support.py), when it ran."""
+    module = __import__("sys").modules.get("fuzz_support")
+    if module is None or not module.COUNTS:
+        return
+    terminalreporter.section("fuzzing harness: generated inputs per surface")
+    keys = ("tried", "accepted", "quarantined", "refused", "tracebacks", "hangs", "escapes")
+    terminalreporter.write_line(f"{'surface':<22}" + "".join(f"{k:>12}" for k in keys))
+    for surface, counts in sorted(module.COUNTS.items()):
+        terminalreporter.write_line(f"{surface:<22}" + "".join(f"{counts.get(k, 0):>12}" for k in keys))
+    module.write_counts(os.environ.get("GDIG_FUZZ_COUNTS"))

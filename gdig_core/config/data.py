@@ -80,6 +80,9 @@ class DataConfig(Section):
     dedup: bool = True
     #: Longest allowed source or target, in characters.
     max_chars: int = Field(default=1000, gt=0)
+    #: Longest line read from a text file, in bytes with its line break, checked before the line is
+    #: decoded: a longer line is skipped without being held in memory (quarantined in the pool).
+    max_line_bytes: int = Field(default=1 << 20, gt=0)
     sample_seed: int = 0
     #: Inject labelled noise into the (sampled) pool: for measuring what selection removes.
     noise: NoiseConfig | None = None

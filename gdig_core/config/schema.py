@@ -22,6 +22,7 @@ from gdig_core.config.influence import CurvatureConfig, ScoringConfig
 from gdig_core.config.orchestration import OrchestrationConfig, PinConfig
 from gdig_core.config.selection import SelectionConfig
 from gdig_core.config.training import FinetuneConfig, ModelConfig, ReferenceConfig
+from gdig_core.config.yaml_strict import load_yaml
 from gdig_core.names import SafeName
 
 
@@ -86,7 +87,7 @@ class GdigConfig(Section):
 def _parse_override_value(key: str, text: str) -> Any:
     """``--set`` values are YAML scalars/lists: ``3``, ``0.1``, ``true``, ``[1000, 2000]``, ``null``."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML ({problem}); "
@@ -94,12 +95,20 @@ def _parse_override_value(key: str, text: str) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings to a nested dict (in place) and return it."""
+    """Apply ``a.b.c=value`` strings to a nested dict (in place) and return it. The same key path
+    twice is an error: which one was meant is not for the order of the options to decide."""
+    given: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
+        parts = [part.strip() for part in key.split(".")]
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: the key path {key!r} has an empty part; expected e.g. selection.tau=0.5")
+        key = ".".join(parts)
+        if key in given:
+            raise ConfigError(f"--set {key} is given twice ({given[key]!r} and {value!r}): keep one")
+        given[key] = value
         node = raw
         for part in parts[:-1]:
             child = node.get(part)
@@ -108,7 +117,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = _parse_override_value(key.strip(), value)
+        node[parts[-1]] = _parse_override_value(key, value)
     return raw
 
 
@@ -140,6 +149,30 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GdigConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+#: Largest config file read; the shipped ones are a few KB (a device or a stray data file is not one).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config_text(path: Path) -> str:
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise ConfigError(f"cannot read config {path}: {kind}; expected a YAML file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> GdigConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
 
@@ -149,12 +182,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "<defaults>"
     if path is not None:
         source = str(path)
+        text = _read_config_text(Path(path))
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
+            loaded = load_yaml(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if loaded is None:

@@ -20,6 +20,10 @@ PAIR_FIELDS = ("id", "src_lang", "tgt_lang", "src", "tgt")
 
 PAIR_SCHEMA = pa.schema([(name, pa.string()) for name in PAIR_FIELDS])
 
+#: Characters of a bad row kept in ``quarantine.jsonl``: enough to find and read the row, while a
+#: 5 MB line no longer makes a 5 MB quarantine record.
+RAW_EXCERPT_CHARS = 1000
+
 
 class DataError(ValueError):
     """A fatal data problem, located by file, line (1-based, None for whole-file) and field."""
@@ -29,6 +33,17 @@ class DataError(ValueError):
         where = self.path + (f", line {line}" if line is not None else "")
         what = f"field '{field_name}': " if field_name else ""
         super().__init__(f"{where}: {what}{reason}")
+
+
+def writable_text(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) written as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def raw_excerpt(raw: str, limit: int = RAW_EXCERPT_CHARS) -> str:
+    """The start of a bad row for its quarantine record, saying how long the whole row was."""
+    raw = writable_text(raw)
+    return raw if len(raw) <= limit else f"{raw[:limit]}… ({len(raw)} characters in all)"
 
 
 @dataclass
@@ -45,7 +60,8 @@ class RowProblem:
         return DataError(self.path, self.line, self.field, self.reason)
 
     def as_record(self) -> dict[str, Any]:
-        return {"file": self.path, "line": self.line, "field": self.field, "reason": self.reason, "raw": self.raw}
+        return {"file": writable_text(self.path), "line": self.line, "field": self.field,
+                "reason": writable_text(self.reason), "raw": raw_excerpt(self.raw)}
 
 
 def table_sha256(table: pa.Table) -> str:
@@ -73,7 +89,7 @@ def read_pairs(path: str | Path) -> pa.Table:
 def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.write(writable_text(json.dumps(rec, ensure_ascii=False)) + "\n")
 
 
 def sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray:

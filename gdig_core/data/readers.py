@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gdig_core.config import LANGUAGE_NAMES, DataConfig, DatasetSpec, resolve_data_path
+from gdig_core.data.line_reader import check_regular_file, decoded_lines
 from gdig_core.data.pairs import PAIR_SCHEMA, DataError, RowProblem, table_sha256
+from gdig_core.data.text_checks import text_problem
 from gdig_core.io import text_sha256
 
 Role = Literal["pool", "seed", "test"]
@@ -43,27 +45,12 @@ class LoadResult:
 RawRow = tuple[int | None, "dict[str, Any] | RowProblem"]
 
 
-_BOM = b"\xef\xbb\xbf"
+#: What readers called without a config (``gdig_core.weak_mt``) cap a line at.
+DEFAULT_MAX_LINE_BYTES = DataConfig().max_line_bytes
 
 
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str | RowProblem]]:
-    """Lines of a UTF-8 text file (newline stripped); undecodable lines come back as problems.
-    A byte-order mark at the start of the file (Windows editors write one) is not text: dropped."""
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            raw = raw.rstrip(b"\r\n")
-            if number == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield number, RowProblem(
-                    str(path), number, None, f"undecodable bytes (not UTF-8) at byte {err.start}", repr(raw[:200])
-                )
-
-
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    for number, line in _decoded_lines(path):
+def _read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[RawRow]:
+    for number, line in decoded_lines(path, max_line_bytes):
         if isinstance(line, RowProblem):
             yield number, line
             continue
@@ -81,8 +68,8 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
         yield number, obj
 
 
-def _read_tsv(path: Path) -> Iterator[RawRow]:
-    for number, line in _decoded_lines(path):
+def _read_tsv(path: Path, max_line_bytes: int) -> Iterator[RawRow]:
+    for number, line in decoded_lines(path, max_line_bytes):
         if isinstance(line, RowProblem):
             yield number, line
             continue
@@ -93,9 +80,9 @@ def _read_tsv(path: Path) -> Iterator[RawRow]:
         yield number, {"src": cols[0], "tgt": cols[1]}
 
 
-def _read_parallel(src_path: Path, tgt_path: Path) -> Iterator[RawRow]:
-    src_lines = list(_decoded_lines(src_path))
-    tgt_lines = list(_decoded_lines(tgt_path))
+def _read_parallel(src_path: Path, tgt_path: Path, max_line_bytes: int) -> Iterator[RawRow]:
+    src_lines = list(decoded_lines(src_path, max_line_bytes))
+    tgt_lines = list(decoded_lines(tgt_path, max_line_bytes))
     if len(src_lines) != len(tgt_lines):
         # A count mismatch means every pair after the first gap is misaligned: never recoverable.
         raise DataError(
@@ -110,27 +97,38 @@ def _read_parallel(src_path: Path, tgt_path: Path) -> Iterator[RawRow]:
             yield number, {"src": src, "tgt": tgt}
 
 
-def _read_table_rows(table: pa.Table) -> Iterator[RawRow]:
-    yield from enumerate(table.to_pylist(), start=1)
+def _read_table_rows(table: pa.Table, path: Path) -> Iterator[RawRow]:
+    number = 0
+    for batch in table.to_batches(max_chunksize=4096):
+        try:
+            rows = batch.to_pylist()
+        except (UnicodeDecodeError, pa.ArrowException) as err:  # a string column holding invalid UTF-8
+            raise DataError(path, None, None, f"cannot read rows {number + 1}-{number + batch.num_rows}: {err}") from None
+        for row in rows:
+            number += 1
+            yield number, row
 
 
-def _raw_rows(spec: DatasetSpec, path: Path, tgt_path: Path | None) -> Iterator[RawRow]:
+def _raw_rows(spec: DatasetSpec, path: Path, tgt_path: Path | None, max_line_bytes: int) -> Iterator[RawRow]:
     fmt = spec.format if spec.format != "auto" else detect_format(path, tgt_path)
     if fmt == "jsonl":
-        return _read_jsonl(path)
+        return _read_jsonl(path, max_line_bytes)
     if fmt == "tsv":
-        return _read_tsv(path)
+        return _read_tsv(path, max_line_bytes)
     if fmt == "parallel":
         if tgt_path is None:
             raise DataError(path, None, None, "parallel text needs tgt_path")
-        return _read_parallel(path, tgt_path)
+        return _read_parallel(path, tgt_path, max_line_bytes)
     if fmt == "parquet":
+        check_regular_file(path)
         try:
             table = pq.read_table(path)
         except Exception as err:  # pyarrow raises several types for corrupt files
             raise DataError(path, None, None, f"cannot read Parquet: {err}") from None
-        return _read_table_rows(table)
+        return _read_table_rows(table, path)
     if fmt == "hf":
+        if not path.is_dir():
+            raise DataError(path, None, None, "format 'hf' reads a directory written by `datasets` save_to_disk")
         import datasets  # local import: only this format needs the datasets package
 
         try:
@@ -141,7 +139,7 @@ def _raw_rows(spec: DatasetSpec, path: Path, tgt_path: Path | None) -> Iterator[
             if "train" not in ds:
                 raise DataError(path, None, None, f"DatasetDict without a 'train' split (has {list(ds)})")
             ds = ds["train"]
-        return _read_table_rows(ds.data.table)
+        return _read_table_rows(ds.data.table, path)
     raise DataError(path, None, "format", f"unknown format {fmt!r}")
 
 
@@ -184,6 +182,9 @@ def _validate_row(
             return RowProblem(str(path), line, name, f"must be a string, got {type(value).__name__}", raw)
         if not value.strip():
             return RowProblem(str(path), line, name, "empty", raw)
+        bad_char = text_problem(value)
+        if bad_char is not None:
+            return RowProblem(str(path), line, name, bad_char, raw)
         # Test sets are evaluated whole: the length limit guards training, not evaluation.
         if role != "test" and len(value) > data_cfg.max_chars:
             return RowProblem(str(path), line, name, f"longer than max_chars={data_cfg.max_chars} ({len(value)})", raw)
@@ -199,8 +200,13 @@ def _validate_row(
             return RowProblem(str(path), line, name, f"unknown language code {value!r}", raw)
         out[name] = value
     given_id = obj.get("id")
-    if given_id is not None and not isinstance(given_id, str | int):
+    if given_id is not None and (not isinstance(given_id, str | int) or isinstance(given_id, bool)):
         return RowProblem(str(path), line, "id", f"must be a string or integer, got {type(given_id).__name__}", raw)
+    for name in ("id", "noise"):  # kept as text beside the pair: the same characters as its text
+        value = obj.get(name)
+        bad_char = text_problem(value) if isinstance(value, str) else None
+        if bad_char is not None:
+            return RowProblem(str(path), line, name, bad_char, raw)
     if isinstance(obj.get("noise"), str):
         out["noise"] = obj["noise"]  # label from `gdig data corrupt`, kept beside the table
     if given_id is not None and str(given_id):
@@ -248,7 +254,7 @@ def read_dataset(
     seen_ids: dict[str, int | None] = {}
     duplicates = 0
     rows_read = 0
-    for line, item in _raw_rows(spec, path, tgt_path):
+    for line, item in _raw_rows(spec, path, tgt_path, data_cfg.max_line_bytes):
         rows_read += 1
         if isinstance(item, dict):
             item = _validate_row(item, path, line, spec, data_cfg, known_langs, role)

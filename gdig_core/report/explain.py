@@ -18,6 +18,9 @@ When ``<run_dir>/outputs.json`` exists (the pipeline writes it) and a path is no
 ``seed.parquet``) are used instead of the defaults above, so ``gdig explain RUN_DIR ID`` finds
 the content-addressed stage directories by itself.
 
+Only the latest run's selections are explained: those its ``outputs.json`` lists (``selected``).
+Others under ``selection/`` (an earlier config's methods or budgets) are listed as stale.
+
 Missing pool or seed files only drop the texts; a missing selection directory only drops the
 decisions. A candidate id absent from every score shard is an :class:`ExplainError`.
 """
@@ -35,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gdig_core.influence.scores import read_scores
+from gdig_core.integrity import CorruptFileError, reading
 from gdig_core.selection import method_names, selection_dirs
 from gdig_core.selection.layout import CANDIDATES, ROOT, SUMMARY
 
@@ -90,6 +94,9 @@ class Explanation:
     helped: list[SeedEffect] = field(default_factory=list)
     harmed: list[SeedEffect] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    #: Selections under the selection root that the latest run did not write (``method/b<budget>``):
+    #: an earlier config's, not explained.
+    stale_selections: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +113,8 @@ def _finite(x: float) -> float | None:
 
 def _find_shard(paths: list[Path], candidate_id: str) -> Path:
     for p in paths:
-        ids = pq.read_table(p, columns=["id"]).column("id")
+        with reading(p, "score shard"):
+            ids = pq.read_table(p, columns=["id"]).column("id")
         if pc.any(pc.equal(ids, candidate_id)).as_py():
             return p
     raise ExplainError(f"candidate {candidate_id!r} is in none of the {len(paths)} score shards")
@@ -115,31 +123,29 @@ def _find_shard(paths: list[Path], candidate_id: str) -> Path:
 def _pairs_by_id(path: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
     if not path.exists() or not ids:
         return {}
-    table = pq.read_table(path)
+    if not path.is_file():
+        raise ExplainError(f"{path}: not a Parquet file of pairs (a directory or a device)")
+    with reading(path, "pairs Parquet file"):
+        table = pq.read_table(path)
     hit = table.filter(pc.is_in(table.column("id").cast(pa.string()), value_set=pa.array(ids, pa.string())))
     return {str(r["id"]): r for r in hit.to_pylist()}
 
 
 def _seed_effects(scores: Any, row: int, top_n: int) -> tuple[list[SeedEffect], list[SeedEffect]]:
-    """Most helped / harmed seeds: from the full benefit vector when stored, else the top-k lists."""
+    """Most helped / harmed seeds: from the full benefit vector when stored, else the top-k lists.
+    Helped means a positive benefit and harmed a negative one: a candidate that harms two seeds
+    lists two, not the two plus the seeds it helps least."""
     if scores.benefit is not None and scores.ok[row]:
         vec = scores.benefit[row].astype(np.float64)
-        up = np.argsort(-vec, kind="stable")[:top_n]
-        down = np.argsort(vec, kind="stable")[:top_n]
         sid = scores.seed_ids
-        return (
-            [SeedEffect(sid[j], float(vec[j])) for j in up],
-            [SeedEffect(sid[j], float(vec[j])) for j in down],
-        )
-    helped = [
-        SeedEffect(s, float(v))
-        for s, v in zip(scores.top_helped[row], scores.top_helped_values[row], strict=True)
-    ]
-    harmed = [
-        SeedEffect(s, float(v))
-        for s, v in zip(scores.top_harmed[row], scores.top_harmed_values[row], strict=True)
-    ]
-    return helped[:top_n], harmed[:top_n]
+        helped = [SeedEffect(sid[j], float(vec[j])) for j in np.argsort(-vec, kind="stable")]
+        harmed = [SeedEffect(sid[j], float(vec[j])) for j in np.argsort(vec, kind="stable")]
+    else:
+        helped = [SeedEffect(s, float(v))
+                  for s, v in zip(scores.top_helped[row], scores.top_helped_values[row], strict=True)]
+        harmed = [SeedEffect(s, float(v))
+                  for s, v in zip(scores.top_harmed[row], scores.top_harmed_values[row], strict=True)]
+    return [e for e in helped if e.benefit > 0][:top_n], [e for e in harmed if e.benefit < 0][:top_n]
 
 
 def _selection_dirs(root: Path, method: str | None, budget: int | None) -> list[tuple[str, int | None, Path]]:
@@ -148,10 +154,50 @@ def _selection_dirs(root: Path, method: str | None, budget: int | None) -> list[
     return sorted(found, key=lambda x: (order.get(x[0], len(order)), x[0], x[1] or 0))
 
 
+def _label(method: str, d: Path) -> str:
+    return f"{method} {d.name}"
+
+
+def current_selections(
+    run_dir: Path, root: Path, method: str | None, budget: int | None
+) -> tuple[list[tuple[str, int | None, Path]], list[tuple[str, int | None, Path]]]:
+    """(the latest run's selections, earlier runs' selections) under ``root``, optionally one
+    method's or budget's. The latest run's are those its ``outputs.json`` lists; without one (a
+    selection root written by :func:`gdig_core.selection.run_selection`) every selection is current."""
+    found = _selection_dirs(root, method, budget)
+    index = run_dir / "outputs.json"
+    if root.resolve() != (run_dir / ROOT).resolve() or not index.is_file():
+        return found, []
+    try:
+        outputs = json.loads(index.read_text(encoding="utf-8"))
+        listed = set(outputs["selected"]) if isinstance(outputs, dict) and "selected" in outputs else None
+    except (OSError, ValueError, TypeError) as err:
+        raise ExplainError(f"{index}: unreadable outputs index ({err}); run the pipeline again to rewrite it") from None
+    if listed is None:
+        return found, []
+    current = [x for x in found if f"{x[0]}/{x[2].name}" in listed]
+    return current, [x for x in found if f"{x[0]}/{x[2].name}" not in listed]
+
+
+def _no_such_selection(root: Path, method: str | None, budget: int | None,
+                       stale: list[tuple[str, int | None, Path]], run_dir: Path) -> ExplainError:
+    """--method/--budget that match none of the latest run's selections: say what there is."""
+    wanted = " ".join(filter(None, [f"of method {method!r}" if method else None,
+                                    f"at budget {budget}" if budget is not None else None]))
+    current, _ = current_selections(run_dir, root, None, None)
+    have = ", ".join(_label(m, d) for m, _, d in current) or "none"
+    message = f"no selection {wanted} in {root} from the latest run; it has: {have}"
+    if stale:
+        message += "; from an earlier run (stale, not explained): " + ", ".join(_label(m, d) for m, _, d in stale)
+    return ExplainError(message)
+
+
 def _decision(method: str, budget: int | None, d: Path, cid: str) -> Decision:
-    summary = json.loads((d / SUMMARY).read_text(encoding="utf-8"))
+    with reading(d / SUMMARY, "selection summary"):
+        summary = json.loads((d / SUMMARY).read_text(encoding="utf-8"))
     budget = summary.get("budget", budget)
-    rows = pq.read_table(d / CANDIDATES, filters=[("id", "=", cid)]).to_pylist()
+    with reading(d / CANDIDATES, "selection candidates file"):
+        rows = pq.read_table(d / CANDIDATES, filters=[("id", "=", cid)]).to_pylist()
     if not rows:
         return Decision(
             method,
@@ -206,7 +252,10 @@ def run_paths(
     run = Path(run_dir)
     outputs: dict[str, Any] = {}
     if (run / "outputs.json").is_file():
-        outputs = json.loads((run / "outputs.json").read_text(encoding="utf-8"))
+        with reading(run / "outputs.json", "outputs index"):
+            outputs = json.loads((run / "outputs.json").read_text(encoding="utf-8"))
+        if not isinstance(outputs, dict):
+            raise CorruptFileError(run / "outputs.json", "not a JSON object: run the pipeline again to rewrite it")
     data_dir = outputs.get("data")
     found = {
         "scores": str(Path(outputs["scores"]) / "*.parquet") if outputs.get("scores") else DEFAULT_SCORES,
@@ -251,7 +300,9 @@ def explain_candidate(
         if e.seed_id in seed_text:
             e.src, e.tgt = seed_text[e.seed_id]["src"], seed_text[e.seed_id]["tgt"]
     bad_reason = None if ok else str(table.bad_reason[row] or "unknown")
-    dirs = _selection_dirs(paths["selection"], method, budget)
+    dirs, stale = current_selections(Path(run_dir), paths["selection"], method, budget)
+    if not dirs and (method is not None or budget is not None):
+        raise _no_such_selection(paths["selection"], method, budget, stale, Path(run_dir))
     mean = _finite(table.benefit_mean[row])
     return Explanation(
         id=cid,
@@ -269,6 +320,7 @@ def explain_candidate(
         helped=helped,
         harmed=harmed,
         decisions=[_decision(m, b, d, cid) for m, b, d in dirs],
+        stale_selections=[f"{m}/{d.name}" for m, _, d in stale],
     )
 
 
@@ -300,11 +352,11 @@ def format_explanation(e: Explanation) -> str:
             f"benefit over {e.n_seeds} seeds: mean {e.benefit_mean:.4g}{pct}; helps {n_pos}/{e.n_seeds} "
             f"({e.benefit_frac_pos:.0%}); min {e.benefit_min:.4g}, max {e.benefit_max:.4g}"
         )
-        harm_title = "seeds it harms most"
-        if e.benefit_min is not None and e.benefit_min > 0:
-            harm_title = "seeds it helps least (it harms none)"
-        for title, effects in (("seeds it helps most", e.helped), (harm_title, e.harmed)):
+        for title, effects, none in (("seeds it helps most", e.helped, "(none: it helps no seed)"),
+                                     ("seeds it harms most", e.harmed, "(none: it harms no seed)")):
             lines.append(f"{title}:")
+            if not effects:
+                lines.append(f"  {none}")
             for s in effects:
                 lines.append(f"  {s.benefit:+.4g}  {s.seed_id}: {_clip(s.src, 60)} -> {_clip(s.tgt, 60)}")
     lines.append("decisions:" if e.decisions else "decisions: no selection outputs found")
@@ -315,4 +367,6 @@ def format_explanation(e: Explanation) -> str:
             verdict += f", cluster {d.cluster} of size {d.cluster_size}"
         lines.append(f"  {head}: {verdict}")
         lines.append(f"      {d.reason}")
+    if e.stale_selections:
+        lines.append("stale selections (an earlier run's config; not explained): " + ", ".join(e.stale_selections))
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from gdig_core.selection.quality import (
     quality_rank,
     rank_by_benefit,
 )
-from gdig_core.selection.registry import REGISTRY, method_names, register
+from gdig_core.selection.registry import REGISTRY, get_method, method_names, register
 from gdig_core.selection.run import (
     SelectionResult,
     effective_config,
@@ -54,6 +54,7 @@ __all__ = [
     "SelectionResult",
     "effective_config",
     "eligible_mask",
+    "get_method",
     "id_order",
     "kmeans_clusters",
     "method_names",

@@ -216,7 +216,7 @@ def _qe(inp: MethodInput) -> Plan:
     return ranked_plan(inp.ctx.text_score("qe"), inp.q, inp.budget, inp.tie, "QE (dual cross-entropy)")
 
 
-@register("oracle")
+@register("oracle", needs_noise_labels=True)
 def _oracle(inp: MethodInput) -> Plan:
     q, ctx = inp.q, inp.ctx
     if ctx.labels is None or not (ctx.labels != "").any():

@@ -30,16 +30,19 @@ class Method:
     #: False: the method selects the same set at every budget (``full``); it runs once, at the
     #: largest budget, into ``<name>/all``.
     uses_budget: bool = True
+    #: True: the method reads every row's noise label (``oracle``); the preflight refuses a run
+    #: whose pool has none before any work.
+    needs_noise_labels: bool = False
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, *, uses_budget: bool = True) -> Callable[[PlanFn], PlanFn]:
+def register(name: str, *, uses_budget: bool = True, needs_noise_labels: bool = False) -> Callable[[PlanFn], PlanFn]:
     """Register ``plan`` as the selection method ``name`` (a decorator)."""
 
     def deco(plan: PlanFn) -> PlanFn:
-        REGISTRY[name] = Method(name, plan, uses_budget)
+        REGISTRY[name] = Method(name, plan, uses_budget, needs_noise_labels)
         return plan
 
     return deco

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from gdig_core.integrity import digest_files, first_mismatch
 from gdig_core.io import atomic_write_json, text_sha256
+from gdig_core.write_faults import writing
 from tasks.caching.key_derivation import source_fingerprint
 from tasks.runtime.records import record
 
@@ -242,11 +243,14 @@ def run_stage(
     final = stage_dir(run_dir, stage, key)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
     work = final.with_name(final.name + ".work")
-    tmp.mkdir(parents=True)
-    work.mkdir(parents=True, exist_ok=True)
+    with writing(tmp):
+        tmp.mkdir(parents=True)
+        work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     try:
-        summary = compute(tmp, work) or {}
+        # Outputs written without atomic_path (checkpoints, models) name the stage when the disk fails.
+        with writing(tmp, permission=False):
+            summary = compute(tmp, work) or {}
         files = digest_files(tmp, [p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
                                    if p.is_file() and p.name != MANIFEST])
         manifest = {
@@ -255,9 +259,10 @@ def run_stage(
             "seconds": round(time.time() - t0, 3),
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-        if final.exists():  # a stale directory whose manifest no longer verified
-            shutil.rmtree(final)
-        tmp.rename(final)
+        with writing(final):
+            if final.exists():  # a stale directory whose manifest no longer verified
+                shutil.rmtree(final)
+            tmp.rename(final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

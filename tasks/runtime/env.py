@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gdig_core.write_faults import writing
+
 
 def configure_local_prefect(run_dir: str | Path) -> dict[str, str]:
     """Point Prefect at an ephemeral server under ``<run_dir>/.prefect`` unless an API is set.
@@ -33,7 +35,8 @@ def configure_local_prefect(run_dir: str | Path) -> dict[str, str]:
     if os.environ.get("PREFECT_API_URL"):
         return changed
     home = Path(run_dir).resolve() / ".prefect"
-    home.mkdir(parents=True, exist_ok=True)
+    with writing(home):
+        home.mkdir(parents=True, exist_ok=True)
     setdefault("PREFECT_HOME", str(home))
     # Only the bundled default profile enables the ephemeral server; say so explicitly.
     setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gdig_core.write_faults import writing
+
 _LOCK = threading.Lock()
 _CURRENT: dict[str, Path] = {}
 
@@ -20,8 +22,9 @@ _CURRENT: dict[str, Path] = {}
 def start_records(run_dir: str | Path, run_id: str) -> Path:
     """Open the record file of this run (one per process at a time) and return its path."""
     path = Path(run_dir) / "records" / f"{run_id}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
     _CURRENT["path"] = path
     return path
 
@@ -32,7 +35,7 @@ def record(event: str, stage: str, **fields: Any) -> None:
     if path is None:
         return
     line = json.dumps({"time": time.time(), "event": event, "stage": stage, **fields}, sort_keys=True)
-    with _LOCK, open(path, "a", encoding="utf-8") as fh:
+    with _LOCK, writing(path), open(path, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
 
 

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from gdig_core.write_faults import writing
+
 LOCK_NAME = ".gdig.lock"
 _HELD: dict[str, int] = {}  # resolved lock path -> file descriptor, for this process
 _GUARD = threading.Lock()
@@ -52,8 +54,10 @@ def acquire(run_dir: str | Path, on_locked: Literal["wait", "fail"] = "wait", wa
     with _GUARD:
         if key in _HELD:
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # A run directory one cannot write: one line naming it (it was a bare PermissionError).
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         start = time.monotonic()
         last_note = None
         while True:

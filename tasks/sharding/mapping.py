@@ -111,5 +111,6 @@ def map_shards(label: str, jobs: list[ShardJob], orch: OrchestrationConfig, note
             artifacts.update_progress(progress_id, done / max(total, 1), f"{label}: {done}/{total} shards finished{tail}")
     if failures:
         detail = "; ".join(f"shard {j.index} (rows {j.start}-{j.end}): {type(e).__name__}: {e}" for j, e in failures)
-        raise ShardsFailed(f"{label}: {len(failures)} of {total} shards failed after retries: {detail}")
+        # Chained to the first failure: a full disk's OutputWriteError is found there (gdig run's last line).
+        raise ShardsFailed(f"{label}: {len(failures)} of {total} shards failed after retries: {detail}") from failures[0][1]
     return [summaries[j.index] for j in jobs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -306,3 +307,98 @@ def test_data_noise_corrupts_the_sampled_pool_and_labels_every_row(tmp_path: Pat
     assert again["pool"]["content_hash"] == summary["pool"]["content_hash"]  # deterministic
     with pytest.raises(ValueError, match="weak"):
         NoiseConfig(kinds=["low_quality_mt"])
+
+
+# ---------------------------------------------------------------- hostile inputs (red team, issue 22)
+
+
+def _pool_jsonl(path: Path, bad_lines: list[str], good: int = 3) -> Path:
+    good_lines = [json.dumps({"src": f"Guten Tag {i}", "tgt": f"Good day {i}"}) for i in range(good)]
+    path.write_text("\n".join(good_lines + bad_lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "fragment"),
+    [
+        ('{"src": "Hallo \\ud800 Welt", "tgt": "Hello world"}', "src", "lone UTF-16 surrogate U+D800"),
+        ('{"src": "Hallo", "tgt": "\\udfff"}', "tgt", "lone UTF-16 surrogate U+DFFF"),
+        ('{"src": "NUL \\u0000 hier", "tgt": "nul here"}', "src", "control character U+0000"),
+        ('{"src": "ESC", "tgt": "bell \\u0007"}', "tgt", "control character U+0007"),
+        ('{"id": "x\\ud83d", "src": "ein Satz", "tgt": "a sentence"}', "id", "lone UTF-16 surrogate U+D83D"),
+    ],
+)
+def test_surrogates_and_control_characters_are_quarantined_with_their_reason(
+    tmp_path: Path, data_dir: Path, line: str, field: str, fragment: str
+) -> None:
+    """A lone surrogate is valid JSON but no UTF-8: it once reached pyarrow and killed the run."""
+    path = _pool_jsonl(tmp_path / "pool.jsonl", [line])
+    res = read_dataset(DatasetSpec(path=str(path)), _cfg(data_dir), "pool")
+    assert res.table.num_rows == 3 and res.stats["quarantined"] == 1
+    (record,) = res.quarantine
+    assert record["line"] == 4 and record["field"] == field and fragment in record["reason"]
+    json.dumps(record, ensure_ascii=False).encode("utf-8")  # the record itself is writable
+    with pytest.raises(DataError, match=f"line 4: field '{field}': .*{re.escape(fragment)}"):
+        read_dataset(DatasetSpec(path=str(path)), _cfg(data_dir), "seed")
+
+
+def test_surrogate_in_a_pool_row_does_not_stop_prepare_data_or_data_check(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from gdig_cli.main import main
+
+    pool = _pool_jsonl(tmp_path / "pool.jsonl", ['{"src": "\\ud800", "tgt": "x"}', '{"src": "a\\u0000", "tgt": "b"}'])
+    cfg = _cfg(data_dir, pool=DatasetSpec(path=str(pool)), seed=DatasetSpec(path="de-en/flores.dev.tsv", sample=4))
+    summary = prepare_data(cfg, tmp_path / "out")
+    assert summary["pool"]["quarantined"] == 2
+    kept = read_pairs(tmp_path / "out" / "pool.parquet").column("src").to_pylist()
+    assert not any("\x00" in s for s in kept)  # an escaped NUL no longer reaches the selected data
+    lines = (tmp_path / "out" / "quarantine.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
+    assert main(["data", "check", str(pool)]) == 0
+    out = capsys.readouterr().out
+    assert "lone UTF-16 surrogate" in out and "control character" in out
+
+
+def test_quarantine_keeps_a_bounded_excerpt_of_a_huge_line(tmp_path: Path, data_dir: Path) -> None:
+    path = _pool_jsonl(tmp_path / "pool.jsonl", [json.dumps({"src": "x" * 5_000_000, "tgt": "y"})])
+    res = read_dataset(DatasetSpec(path=str(path)), _cfg(data_dir, max_line_bytes=10_000_000), "pool")
+    (record,) = res.quarantine
+    assert "longer than max_chars" in record["reason"]
+    assert len(record["raw"]) < 2000 and "characters in all" in record["raw"]
+
+
+def test_lines_are_capped_before_they_are_decoded(tmp_path: Path, data_dir: Path) -> None:
+    path = _pool_jsonl(tmp_path / "pool.jsonl", [json.dumps({"src": "x" * 5000, "tgt": "y"})])
+    res = read_dataset(DatasetSpec(path=str(path)), _cfg(data_dir, max_line_bytes=1000), "pool")
+    (record,) = res.quarantine
+    assert record["line"] == 4 and "longer than data.max_line_bytes=1000" in record["reason"]
+    assert len(record["raw"]) < 2000
+    with pytest.raises(DataError, match="line 4: .*max_line_bytes"):
+        read_dataset(DatasetSpec(path=str(path)), _cfg(data_dir, max_line_bytes=1000), "seed")
+    # The cap counts the line with its line break; a line of exactly the cap is kept.
+    exact = tmp_path / "exact.tsv"
+    exact.write_bytes(b"ab\tcd\n")
+    assert read_dataset(DatasetSpec(path=str(exact)), _cfg(data_dir, max_line_bytes=6), "seed").table.num_rows == 1
+    with pytest.raises(DataError, match="max_line_bytes=5"):
+        read_dataset(DatasetSpec(path=str(exact)), _cfg(data_dir, max_line_bytes=5), "seed")
+
+
+@pytest.mark.timeout(30)
+def test_a_pool_that_is_a_symlink_to_dev_zero_is_refused_at_once(tmp_path: Path, data_dir: Path) -> None:
+    link = tmp_path / "pool.jsonl"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(DataError, match="not a regular file"):
+        read_dataset(DatasetSpec(path=str(link)), _cfg(data_dir), "pool")
+
+
+def test_a_directory_read_as_a_file_format_is_a_data_error(tmp_path: Path, data_dir: Path, capsys) -> None:
+    from gdig_cli.main import main
+
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    with pytest.raises(DataError, match="is a directory"):
+        read_dataset(DatasetSpec(path=str(folder), format="jsonl"), _cfg(data_dir), "pool")
+    assert main(["data", "check", "--format", "jsonl", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(folder) in err and "is a directory" in err

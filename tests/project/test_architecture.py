@@ -14,6 +14,7 @@ CORE = ROOT / "gdig_core"
 #: Wings from the bottom up: a module may import its own wing and the wings of lower layers.
 #: Siblings on one layer (evaluation, influence, filters) import none of each other.
 LAYERS: dict[str, int] = {
+    "write_faults": -1,  # below io: io names the output a full disk refused with it
     "io": 0, "integrity": 0, "names": 0,  # shared modules at the root
     "config": 1,
     "data": 2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -41,7 +42,7 @@ def test_selected_candidate(run_dir):
     assert e.ok and e.n_seeds == 5 and e.benefit_mean == pytest.approx(1.35)
     assert e.benefit_frac_pos == 1.0 and e.percentile == 1.0
     assert [s.seed_id for s in e.helped[:2]] == ["s00", "s01"] and e.helped[0].benefit == pytest.approx(3.0)
-    assert e.harmed[0].seed_id == "s04" and e.harmed[0].src == "seed Quelle s04"
+    assert e.harmed == []  # it benefits every seed: none is listed as harmed
     assert e.pair["src"] == "pool Quelle c0010"
     by = {d.method: d for d in e.decisions}
     assert set(by) == {"gdig", "quality", "random"}
@@ -50,7 +51,7 @@ def test_selected_candidate(run_dir):
     assert by["quality"].selected and by["quality"].rank == 1
     text = format_explanation(e)
     assert "candidate c0010" in text and "SELECTED (rank 1)" in text and "seed Quelle s00" in text
-    assert "it harms none" in text
+    assert "seeds it harms most:\n  (none: it harms no seed)" in text
 
 
 def test_rejected_below_quality(run_dir):
@@ -128,3 +129,69 @@ def test_outputs_json_locates_stage_dirs(run_dir, tmp_path):
     assert e.decisions[0].selected
     with pytest.raises(ExplainError, match="no score shards"):
         explain_candidate(run, "c0010", scores="elsewhere/*.parquet")
+
+
+# ---------------------------------------------------------------- red team (issue 22)
+
+
+def test_only_seeds_with_negative_benefit_are_listed_as_harmed(run_dir):
+    """c0045 harms one seed (s00) and helps four: the four were listed under "harms most"."""
+    e = explain_candidate(run_dir, "c0045", method="gdig", top_n=5)
+    assert [s.seed_id for s in e.harmed] == ["s00"] and all(s.benefit < 0 for s in e.harmed)
+    assert len(e.helped) == 4 and all(s.benefit > 0 for s in e.helped)
+    text = format_explanation(e)
+    harmed_block = text.split("seeds it harms most:")[1].split("decisions:")[0]
+    assert harmed_block.count("\n  ") == 1 and "-0.5" in harmed_block
+
+
+def test_bad_top_budget_and_method_are_clear_errors(run_dir, capsys):
+    for bad in (["--top", "-1"], ["--top", "0"], ["--budget", "-3"]):
+        with pytest.raises(SystemExit) as info:
+            _cli(["explain", str(run_dir), "c0010", *bad])
+        assert info.value.code == 2
+        assert "must be a positive integer" in capsys.readouterr().err
+    from gdig_cli.main import main
+
+    assert main(["explain", str(run_dir), "c0010", "--method", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no selection of method 'nope'" in err and "gdig b6" in err and "random b6" in err
+    assert main(["explain", str(run_dir), "c0010", "--budget", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "budget 7" in err and "gdig b6" in err
+
+
+def test_selections_of_an_earlier_config_are_marked_stale_and_left_out(run_dir, tmp_path):
+    """A rerun with other methods left the old selections beside the new ones, unmarked; explain
+    listed them as if current. The outputs index now says which are the latest run's."""
+    import shutil
+
+    from tasks.caching.stage_cache import StageOutput
+    from tasks.stages.publish import STALE_MARKER, publish_outputs
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)  # gdig, quality and random at b6: an earlier run's
+    scores, pool = write_run(tmp_path / "cas", np.ones((60, 5)), blobs(20, 3, 4, 2)[0])
+    run_selection(scores, pool, SelectionConfig(budgets=[6], n_clusters=3, methods=["gdig"]), tmp_path / "sel",
+                  plots=False)
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    (report_dir / "report.md").write_text("# report\n")
+
+    def out(stage, d, **summary):
+        return StageOutput(stage=stage, key="k", dir=str(d), summary=summary)
+
+    sel = out("selection", tmp_path / "sel" / "gdig" / "b6", method="gdig", budget=6, kind="gdig")
+    outputs = publish_outputs(str(run), out("data", run / "data"), out("scoring", run), [sel],
+                              out("report", report_dir), run / "records.jsonl")
+    stale = sorted(str(p) for p in (run / "selection" / m / "b6" for m in ("quality", "random")))
+    assert list(outputs["selected"]) == ["gdig/b6"] and sorted(outputs["stale_selections"]) == stale
+    assert json.loads((run / "outputs.json").read_text())["stale_selections"] == outputs["stale_selections"]
+    assert all((Path(p) / STALE_MARKER).is_file() for p in stale)
+    assert not (run / "selection" / "gdig" / "b6" / STALE_MARKER).exists()
+    assert "## Stale selections" in (run / "report" / "report.md").read_text()
+
+    e = explain_candidate(run, "c0010")
+    assert [d.method for d in e.decisions] == ["gdig"] and e.stale_selections == ["quality/b6", "random/b6"]
+    assert "stale selections" in format_explanation(e)
+    with pytest.raises(ExplainError, match="from an earlier run .*quality b6"):
+        explain_candidate(run, "c0010", method="quality")

@@ -29,7 +29,7 @@ _TRAIN = ["epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "w
 #: stage -> field patterns whose change must change the stage's key (and nothing else may).
 EXPECTED: dict[str, list[str]] = {
     "data": ["data.src_lang", "data.tgt_lang", "data.pool.*", "data.seed.*", "data.quarantine_pool", "data.dedup",
-             "data.max_chars", "data.sample_seed", "data.noise", "prompt.language_names"],
+             "data.max_chars", "data.max_line_bytes", "data.sample_seed", "data.noise", "prompt.language_names"],
     "base-model": ["model.tiny.*"],
     # Two teacher-forced passes of the pool under the base model's prompt.
     "qe": [*_PROMPT, *_MODEL_LOAD, "qe.batch_size"],
@@ -70,7 +70,8 @@ EXPECTED: dict[str, list[str]] = {
     "evaluation": [*_PROMPT, *_MODEL_LOAD, "evaluation.test_sets", "evaluation.max_sentences",
                    "evaluation.batch_size", "evaluation.max_new_tokens", "evaluation.num_beams", "evaluation.bf16",
                    "evaluation.max_new_tokens_ratio", "evaluation.reference_nll", "evaluation.reference_nll_sentences",
-                   "evaluation.comet_model", "data.src_lang", "data.tgt_lang", "data.max_chars", "data.dedup",
+                   "evaluation.comet_model", "data.src_lang", "data.tgt_lang", "data.max_chars", "data.max_line_bytes",
+                   "data.dedup",
                    "data.quarantine_pool", "data.sample_seed"],
     # The report prints the whole config (and the command), so every field is in its key.
     "report": ["*"],
@@ -229,13 +230,18 @@ EXPECTED_CODE: dict[str, set[str]] = {
     # The config package: its __init__ gathers every section's names, so every stage that reads
     # a setting reaches all of it (field declarations are not code: test below).
     **{f"config/{m}": _ALL - {"report"} for m in ("__init__", "base", "data", "training", "influence", "selection",
-                                                 "filters", "evaluation", "orchestration", "schema", "prompt")},
+                                                 "filters", "evaluation", "orchestration", "schema", "prompt",
+                                                 "yaml_strict")},
+    "write_faults": _ALL,  # io.py names the output a full disk refused with it
     "names": _ALL - {"report"},
     "influence/variants": _ALL - {"report"},  # the config's validators import it
     "integrity": _ALL - {"base-model"},
     # The pair table's files: every stage that reads or hashes pairs.
     "data/pairs": {"data", "reference", "curvature", "finetune", "evaluation"},
     "data/readers": {"data", "evaluation"},
+    # The readers' capped line reader and character checks: the same stages as the readers.
+    "data/line_reader": {"data", "evaluation"},
+    "data/text_checks": {"data", "evaluation"},
     "data/prepare": {"data"},
     "data/noise": {"data"},  # data/prepare.py imports it
     "data/encoding": _ALL - {"data", "base-model", "selection", "report"},
