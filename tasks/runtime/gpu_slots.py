@@ -19,6 +19,7 @@ a slot is bounded by ``orchestration.gpu_slot_wait_seconds`` and logs what it wa
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,9 @@ from gdig_core.config import OrchestrationConfig
 
 #: How often a waiting task re-checks and re-logs (seconds).
 _WAIT_CHUNK = 30.0
+#: Slots this thread holds: a downstream cell holds one for its finetune and evaluation, whose
+#: own ``gpu_slot`` blocks must not take a second (with one slot per GPU that would deadlock).
+_HELD = threading.local()
 
 
 class GpuSlotTimeout(RuntimeError):
@@ -93,14 +97,18 @@ def _advice(name: str, lease: float) -> str:
 @contextmanager
 def gpu_slot(orch: OrchestrationConfig, what: str = "GPU task") -> Iterator[None]:
     """Hold one slot of the GPU limit for the block inside a Prefect run (a no-op outside one, as
-    under ``task.fn(...)`` in unit tests)."""
+    under ``task.fn(...)`` in unit tests, and inside a block of this thread that holds one already)."""
     from prefect.context import FlowRunContext, TaskRunContext
 
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+    if (FlowRunContext.get() is None and TaskRunContext.get() is None) or getattr(_HELD, "depth", 0):
         yield
         return
     with hold_gpu_slot(orch, what):
-        yield
+        _HELD.depth = 1
+        try:
+            yield
+        finally:
+            _HELD.depth = 0
 
 
 @contextmanager
