@@ -15,6 +15,7 @@ from gdig_core.config import GdigConfig
 from gdig_core.integrity import file_digest
 from gdig_core.report import metric_table
 from tasks.runtime import artifacts
+from tasks.runtime.faults import inject
 from tasks.runtime.gpu_slots import gpu_slot
 from tasks.sharding import storage
 from tasks.sharding.heartbeat import beating
@@ -85,6 +86,7 @@ def execute_cell_job(job: CellJob, flow_run_id: str) -> dict[str, Any]:
     scratch = cache_root() / "cells" / job.cell_id[:24]
     with beating(job.heartbeat, orch.heartbeat_seconds, flow_run_id), \
             gpu_slot(orch, f"cell {job.cell.label}"):
+        inject("cell", 0)  # test hook: GDIG_FAULTS={"delay": s} holds every cell here, beating
         cfg = _with_local_test_sets(cfg, job.test_sets, scratch / "data")
         # Kept between tries on this worker: a killed finetune resumes from its checkpoint.
         result = _compute(cfg, job, str(scratch / "run"))
