@@ -83,23 +83,32 @@ def stop(proc: subprocess.Popen, grace: float = 10) -> None:
         proc.wait(5)
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    home = tmp_path_factory.mktemp("prefect-home")
+def start_server(home: Path) -> PrefectServer:
+    """A ``prefect server`` on a free loopback port with its database in ``home`` (log:
+    ``home/server.log``); stop it with ``stop(server.proc)``."""
     port = free_port()
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
     env = base_env(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="true")
-    proc = subprocess.Popen(
-        [PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home,
-    )
+    with open(home / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home,
+        )
     url = f"http://127.0.0.1:{port}/api"
     try:
         wait_http(url + "/health", 180, proc)
-        yield PrefectServer(url=url, home=home, proc=proc)
-    finally:
+    except BaseException:
         stop(proc)
-        log.close()
+        raise
+    return PrefectServer(url=url, home=home, proc=proc)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    server = start_server(tmp_path_factory.mktemp("prefect-home"))
+    try:
+        yield server
+    finally:
+        stop(server.proc)
 
 
 @dataclass

@@ -250,3 +250,40 @@ def test_the_heartbeat_tells_a_live_run_from_a_dead_one(tmp_path: Path) -> None:
     assert retry.silent_for("run-3") is None
     time.sleep(0.4)
     assert retry.silent_for("run-3") > 0.3
+
+
+@pytest.mark.slow
+def test_a_cell_in_a_pinned_child_process_writes_under_the_pipelines_keys(
+    tmp_path: Path, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    """The multi-GPU path of local mode, on a CPU: the cell runs in a child process that sees
+    one device (CUDA_VISIBLE_DEVICES by index) and writes into the run directory's cache, where
+    this process finds it under the keys it computes itself."""
+    from gdig_core.config import DatasetSpec
+    from gdig_core.data import read_dataset, write_pairs
+    from gdig_core.integrity import file_digest
+    from tasks.runtime.records import read_records, start_records
+    from tasks.stages.common import model_fingerprint
+    from tasks.stages.local_cells import run_pinned
+
+    cfg = GdigConfig()
+    cfg.data.data_dir = str(data_dir)
+    cfg.model.device = "cpu"
+    cfg.prompt.max_length = 48
+    cfg.finetune.train = cfg.finetune.train.model_copy(update={"max_steps": 1, "batch_size": 4})
+    cfg.evaluation = cfg.evaluation.model_copy(update={"max_sentences": 2, "batch_size": 2, "max_new_tokens": 4})
+    sel = _selection(tmp_path, "gdig")
+    pairs = read_dataset(DatasetSpec(path="de-en/pool.wmt17-20.jsonl", sample=8), cfg.data, "pool").table
+    write_pairs(pairs, sel.path("selected.parquet"))
+    sel = sel.model_copy(update={"files": {"selected.parquet": file_digest(sel.path("selected.parquet"))}})
+    base = (str(tiny_model_dir), model_fingerprint(str(tiny_model_dir)))
+    cell = Cell(label="gdig/b2/s0", selection=sel, seed=0)
+    run_dir = str(tmp_path / "run")
+    records = start_records(run_dir, "test")
+    run_pinned(cfg, run_dir, base, cell, 0)
+    found = finished_cell(cfg, run_dir, base, cell)
+    assert found.complete(cfg, cell)
+    assert found.evaluation.summary["metrics"]
+    assert found.ran_in.endswith("GPU 0")
+    assert {(r["event"], r["stage"]) for r in read_records(records)} >= {
+        ("computed", "finetune/gdig/b2/s0"), ("computed", "evaluation/gdig/b2/s0")}
