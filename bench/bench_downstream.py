@@ -8,7 +8,7 @@ run directory: locally, then with 1 worker, then with 2. Each grid's time is the
 end of the selection stage to its last cell (taken from the run's records); per-cell finetune and
 evaluation seconds come from the stages' own timings. On a 2-core CPU the workers' finetunes
 share the cores (each torch process uses every core), so this measures whether two cells at once
-beat one after the other there.
+beat one after the other there, and what a flow run per cell costs over the in-process grid.
 
     python bench/bench_downstream.py --steps 1 200 --json runs/bench-downstream.json
 """

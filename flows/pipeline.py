@@ -136,8 +136,8 @@ def downstream_flow(config: GdigConfig, run_dir: str, base: Model, selections: l
 
 def _downstream_runner(cfg: GdigConfig) -> ThreadPoolTaskRunner:
     # Deployment mode: dispatched cells in flight, as for shards. Local: one cell per GPU (each
-    # in a process pinned to it), else one at a time: two finetunes on 2 CPU cores are slower
-    # than one after the other (BENCHMARKS.md).
+    # in a process pinned to it), else one at a time: on 2 CPU cores, two cells at once in their
+    # own processes were no faster than the in-process serial grid (BENCHMARKS.md).
     if cfg.orchestration.downstream_mode == "deployment":
         return _runner(cfg)
     return ThreadPoolTaskRunner(max_workers=local_parallelism(cfg))

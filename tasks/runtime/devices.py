@@ -1,6 +1,7 @@
 """Which GPU each local downstream cell runs on: one cell per visible device at a time, each pinned
-by its device index. On a CPU there is one "device": two finetunes on two cores are slower than
-one after the other (BENCHMARKS.md), so the grid stays serial there."""
+by its device index. On a CPU there is one "device" and the grid stays serial: on 2 cores, two
+cells at once in their own processes were no faster than the in-process serial grid (the second
+core's gain went to process starts and model loads; BENCHMARKS.md)."""
 
 from __future__ import annotations
 

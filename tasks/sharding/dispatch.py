@@ -9,6 +9,7 @@ and the reference model were computed, and a deployment without a worker waited 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from gdig_core.config import OrchestrationConfig
 from tasks.runtime.faults import TransientError
+from tasks.sharding import storage
 from tasks.sharding.heartbeat import HeartbeatWatch
 from tasks.sharding.jobs import read_done
 
@@ -179,17 +181,40 @@ def await_run(flow_run: Any, pool: str, orch: OrchestrationConfig, target: Targe
         time.sleep(_POLL_SECONDS)
 
 
+def running_run(heartbeat: str) -> Any | None:
+    """The flow run a heartbeat file names, when the server has it still unfinished: a run that a
+    killed pipeline left working. Awaited rather than dispatched again (if it is in fact lost, its
+    heartbeat has stopped, and the wait gives up on it within ``lost_after_seconds``)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run_id = UUID(str(json.loads(storage.read_text(heartbeat)).get("flow_run")))
+    except (OSError, ValueError, AttributeError):
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return None
+    return run if run.state is not None and not run.state.is_final() else None
+
+
 def run_on_deployment(target: Target, orch: OrchestrationConfig, parameters: dict[str, Any], run_name: str,
                       what: str, output: str, watch: HeartbeatWatch | None = None,
-                      on_start: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    """Dispatch one run of the target's deployment, wait for it within the bounds, and return the
-    sidecar of its verified ``output`` (``tasks.sharding.jobs.read_done``). A run that ended in
-    any other state than Completed, or whose output does not verify, raises TransientError: worth
-    another try on any worker. ``on_start(flow_run)`` learns the dispatched run (for records)."""
+                      on_start: Callable[[Any], None] | None = None, adopt: Any | None = None) -> dict[str, Any]:
+    """Dispatch one run of the target's deployment (or await ``adopt``, a run already working on
+    it), wait for it within the bounds, and return the sidecar of its verified ``output``
+    (``tasks.sharding.jobs.read_done``). A run that ended in any other state than Completed, or
+    whose output does not verify, raises TransientError: worth another try on any worker.
+    ``on_start(flow_run)`` learns the run (for logs)."""
     from prefect.deployments import run_deployment
 
     pool = check_deployment(target)
-    dispatched = run_deployment(name=target.deployment, parameters=parameters, timeout=0, flow_run_name=run_name)
+    dispatched = adopt or run_deployment(name=target.deployment, parameters=parameters, timeout=0,
+                                         flow_run_name=run_name)
     if on_start is not None:
         on_start(dispatched)
     flow_run = await_run(dispatched, pool, orch, target, what, watch)

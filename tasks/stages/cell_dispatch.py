@@ -2,7 +2,8 @@
 dispatched and awaited within bounds (``tasks.sharding.dispatch``: a worker must pick it up in
 time, and a Running cell whose heartbeat stops is lost, cancelled and retried), then its verified
 outputs moved into this run directory's cache. A cell whose outputs a worker already published
-(an earlier try, a killed pipeline) is taken from shared storage, not computed again."""
+(an earlier try, a killed pipeline) is taken from shared storage, and one a killed pipeline's
+run is still computing is awaited: neither is computed again."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from prefect import task
 from gdig_core.config import GdigConfig
 from tasks.runtime import artifacts
 from tasks.runtime.records import record
-from tasks.sharding.dispatch import cell_target, run_on_deployment
+from tasks.sharding.dispatch import cell_target, run_on_deployment, running_run
 from tasks.sharding.heartbeat import HeartbeatWatch
 from tasks.sharding.jobs import read_done
 from tasks.stages.cell_jobs import cell_job
@@ -30,10 +31,13 @@ def dispatch_cell_task(cfg: GdigConfig, run_dir: str, base: Model, cell: Cell) -
     job = cell_job(cfg, run_dir, base, cell, partial.model)
     meta = read_done(job.output)
     if meta is None:
+        # A killed pipeline's cell may still be running on a worker: wait for it, not a second one.
+        adopted = running_run(job.heartbeat)
         meta = run_on_deployment(
             cell_target(orch), orch, {"job": job.model_dump(mode="json")}, job.run_name, f"cell {cell.label}",
-            job.output, watch=HeartbeatWatch(job.heartbeat, orch.lost_after_seconds),
-            on_start=lambda run: log.info("cell %s: dispatched as flow run %s (%s)", cell.label, run.name, run.id))
+            job.output, watch=HeartbeatWatch(job.heartbeat, orch.lost_after_seconds), adopt=adopted,
+            on_start=lambda run: log.info("cell %s: %s flow run %s (%s)", cell.label,
+                                          "waiting for the earlier" if adopted else "dispatched as", run.name, run.id))
     else:
         log.info("cell %s: outputs already on shared storage (%s), from %s", cell.label, job.output,
                  meta.get("summary", {}).get("ran_in"))
