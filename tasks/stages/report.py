@@ -77,8 +77,7 @@ def cell_rows(cells: list[CellResult]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"cell": c.label, "method": summary.get("method"), "budget": summary.get("budget"),
                                "seed": summary.get("seed"), "flow run": c.ran_in or "-"}
         for name, out in (("finetune_s", c.model), ("evaluation_s", c.evaluation)):
-            if out is not None and out.seconds is not None:
-                row[name] = round(out.seconds, 1)
+            row[name] = round(out.seconds, 1) if out is not None and out.seconds is not None else None
         if c.evaluation is not None:
             row |= {f"{t}/bleu": ms.get("bleu") for t, ms in metric_table(c.evaluation.summary.get("metrics", {})).items()}
         rows.append(row)

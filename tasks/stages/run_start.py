@@ -13,6 +13,7 @@ from tasks.caching.stage_cache import sweep_temporaries
 from tasks.runtime import artifacts, run_lock
 from tasks.runtime.gpu_slots import prepare_gpu_limit
 from tasks.sharding.dispatch import cell_target, check_deployment, shard_target, wait_for_worker
+from tasks.stages.grid import local_parallelism
 from tasks.stages.pins import check_pins
 
 
@@ -28,7 +29,8 @@ def begin_run(cfg: GdigConfig, run_dir: str | Path) -> None:
     preflight(cfg)
     check_pins(cfg)  # every byte of a pinned model and factor set, before any stage
     save_run_config(cfg, run_dir)
-    prepare_gpu_limit(orch, run_dir)
+    # Local cells on several GPUs each hold a slot at once.
+    prepare_gpu_limit(orch, run_dir, at_least=local_parallelism(cfg) if orch.downstream_mode == "local" else 1)
     if orch.downstream_mode == "deployment" and orch.lost_after_seconds < 2 * orch.heartbeat_seconds:
         raise ValueError(f"orchestration.lost_after_seconds ({orch.lost_after_seconds:g}) must be at least twice "
                          f"heartbeat_seconds ({orch.heartbeat_seconds:g}): a cell would count as lost between two beats")
