@@ -1,7 +1,8 @@
 """The whole G-DIG pipeline as one Prefect flow with one subflow per stage.
 
 data -> base/reference model -> (QE at the base model) -> curvature -> seed preconditioning ->
-sharded scoring -> selection (every method and budget) -> downstream finetunes -> evaluation -> report.
+sharded scoring -> selection (every method and budget) -> downstream cells (a finetune per selection and
+seed, then its evaluation) -> report.
 
 Every stage is cached across flow runs by content (see ``tasks.caching.stage_cache``): a rerun with one
 changed setting recomputes only what depends on it. The flow's parameter is the pydantic
@@ -21,8 +22,10 @@ from gdig_core.config import GdigConfig, MethodSpec
 from tasks.caching.stage_cache import StageOutput
 from tasks.runtime import artifacts
 from tasks.runtime.records import start_records
+from tasks.stages.cells import CellResult, plan_cells
 from tasks.stages.data import base_model_task, prepare_data_task, reference_task
-from tasks.stages.downstream import evaluate_task, finetune_task, select_task
+from tasks.stages.downstream import select_task
+from tasks.stages.grid import local_parallelism, run_grid
 from tasks.stages.influence import curvature_stage, precondition_task
 from tasks.stages.pins import pins_of
 from tasks.stages.publish import publish_outputs
@@ -37,12 +40,6 @@ Model = tuple[str, str]  # (path or hub id, content fingerprint)
 def _runner(cfg: GdigConfig) -> ThreadPoolTaskRunner:
     # Unbounded by default in Prefect 3: bound it by the configured worker count.
     return ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers)
-
-
-def _serial() -> ThreadPoolTaskRunner:
-    # Finetunes and evaluations each fill the GPU (and transformers' model loading is not
-    # thread-safe): one at a time in this process. Shards are what scales out.
-    return ThreadPoolTaskRunner(max_workers=1)
 
 
 @flow(name="data", persist_result=False)
@@ -116,51 +113,44 @@ def selection_flow(
     return results
 
 
-def finetune_seeds(cfg: GdigConfig, method: str) -> list[int]:
-    """The finetuning seeds of a selection: its method's own, else finetune.seeds."""
-    spec = next((m for m in cfg.selection.methods if m.name == method), None)
-    return spec.finetune_seeds if spec is not None and spec.finetune_seeds else cfg.finetune.seeds
-
-
-@flow(name="finetune", persist_result=False)
-def finetune_flow(config: GdigConfig, run_dir: str, base: Model, selections: list[StageOutput]) -> list[StageOutput]:
-    futures = [finetune_task.submit(config, run_dir, tuple(base), s, seed)
-               for s in selections for seed in finetune_seeds(config, s.summary["method"])]
-    results = [f.result() for f in futures]
-    artifacts.table(artifacts.artifact_key("finetune-summary"), [
-        {k: r.summary.get(k) for k in ("method", "budget", "size", "seed")} | {"cached": r.cached} for r in results
-    ], "Downstream finetunes (from the base model) per selection and seed")
-    return results
-
-
-@flow(name="evaluation", persist_result=False)
-def evaluation_flow(config: GdigConfig, run_dir: str, base: Model, models: list[StageOutput]) -> list[StageOutput]:
-    jobs: list[tuple[Model, str, dict[str, Any]]] = []
-    if config.evaluation.zero_shot:
-        jobs.append((tuple(base), "zero-shot", {"method": "zero-shot", "budget": 0, "size": 0, "seed": None}))
-    for m in models:
-        s = m.summary
-        label = f"{s['method']}/b{s['budget']}/s{s['seed']}"
-        jobs.append(((str(m.path("model")), m.digest("model")), label, dict(s)))
-    futures = [evaluate_task.submit(config, run_dir, model, label, meta) for model, label, meta in jobs]
-    results = [f.result() for f in futures]
+@flow(name="downstream", persist_result=False)
+def downstream_flow(config: GdigConfig, run_dir: str, base: Model, selections: list[StageOutput]) -> list[CellResult]:
+    """The grid of cells (a finetune on one selection with one seed, then its evaluation; and the
+    zero-shot evaluation): here, on this machine's GPUs, or as flow runs of the downstream
+    deployment (``orchestration.downstream_mode``)."""
     from gdig_core.report.writer import metric_table
 
+    results = run_grid(config, run_dir, tuple(base), plan_cells(config, selections))
+    models = [r.model for r in results if r.model is not None]
+    artifacts.table(artifacts.artifact_key("finetune-summary"), [
+        {k: m.summary.get(k) for k in ("method", "budget", "size", "seed")} | {"cached": m.cached} for m in models
+    ], "Downstream finetunes (from the base model) per selection and seed")
     artifacts.table(artifacts.artifact_key("evaluation-summary"), [
-        {"model": label, **{f"{t}/{m}": v for t, ms in metric_table(r.summary.get("metrics", {})).items()
-                            for m, v in ms.items()}, "cached": r.cached}
-        for (_, label, _), r in zip(jobs, results, strict=True)
+        {"model": r.label, "ran_in": r.ran_in,
+         **{f"{t}/{m}": v for t, ms in metric_table(r.evaluation.summary.get("metrics", {})).items()
+            for m, v in ms.items()}, "cached": r.evaluation.cached}
+        for r in results if r.evaluation is not None
     ], "Evaluation per model and test set")
     return results
+
+
+def _downstream_runner(cfg: GdigConfig) -> ThreadPoolTaskRunner:
+    # Deployment mode: dispatched cells in flight, as for shards. Local: one cell per GPU (each
+    # in a process pinned to it), else one at a time: on 2 CPU cores, two cells at once in their
+    # own processes were no faster than the in-process serial grid (BENCHMARKS.md).
+    if cfg.orchestration.downstream_mode == "deployment":
+        return _runner(cfg)
+    return ThreadPoolTaskRunner(max_workers=local_parallelism(cfg))
 
 
 @flow(name="report", persist_result=False)
 def report_flow(
     config: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput],
     selections: list[StageOutput], evaluations: list[StageOutput], stages: list[StageOutput], command: str | None = None,
-    qe: StageOutput | None = None,
+    qe: StageOutput | None = None, cells: list[CellResult] | None = None,
 ) -> StageOutput:
-    return report_task.submit(config, run_dir, data, scores, selections, evaluations, stages, command, qe).result()
+    return report_task.submit(config, run_dir, data, scores, selections, evaluations, stages, command, qe,
+                              cells).result()
 
 
 @flow(name="gdig-pipeline", persist_result=False, log_prints=True)
@@ -189,15 +179,14 @@ def gdig_pipeline(config: GdigConfig = GdigConfig(), command: str | None = None)
         scores[label] = scoring_flow.with_options(**opts)(cfg, run_dir, data, model, factors, precond, label)
         stages += [factors, precond, scores[label]]
     selections = selection_flow.with_options(**opts)(cfg, run_dir, data, scores, qe)
-    models: list[StageOutput] = []
-    evaluations: list[StageOutput] = []
-    if cfg.finetune.enabled:
-        models = finetune_flow.with_options(task_runner=_serial())(cfg, run_dir, base, selections)
-    if cfg.evaluation.enabled:
-        evaluations = evaluation_flow.with_options(task_runner=_serial())(cfg, run_dir, base, models)
+    cells: list[CellResult] = []
+    if cfg.finetune.enabled or cfg.evaluation.enabled:
+        cells = downstream_flow.with_options(task_runner=_downstream_runner(cfg))(cfg, run_dir, base, selections)
+    models = [c.model for c in cells if c.model is not None]
+    evaluations = [c.evaluation for c in cells if c.evaluation is not None]
     stages += [*selections, *models, *evaluations]
     report = report_flow.with_options(**opts)(cfg, run_dir, data, scores, selections, evaluations, stages, command,
-                                              qe)
+                                              qe, cells)
     primary = scores[cfg.scoring.models[0]]
     outputs = publish_outputs(run_dir, data, primary, selections, report, records,
                               pins=pins_of(cfg, tuple(reference), factor_sets))

@@ -83,23 +83,32 @@ def stop(proc: subprocess.Popen, grace: float = 10) -> None:
         proc.wait(5)
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    home = tmp_path_factory.mktemp("prefect-home")
+def start_server(home: Path) -> PrefectServer:
+    """A ``prefect server`` on a free loopback port with its database in ``home`` (log:
+    ``home/server.log``); stop it with ``stop(server.proc)``."""
     port = free_port()
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
     env = base_env(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="true")
-    proc = subprocess.Popen(
-        [PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home,
-    )
+    with open(home / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home,
+        )
     url = f"http://127.0.0.1:{port}/api"
     try:
         wait_http(url + "/health", 180, proc)
-        yield PrefectServer(url=url, home=home, proc=proc)
-    finally:
+    except BaseException:
         stop(proc)
-        log.close()
+        raise
+    return PrefectServer(url=url, home=home, proc=proc)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    server = start_server(tmp_path_factory.mktemp("prefect-home"))
+    try:
+        yield server
+    finally:
+        stop(server.proc)
 
 
 @dataclass
@@ -157,6 +166,51 @@ def copy_run(src: Path, dst: Path, stages: list[str]) -> Path:
         if (src / "cas" / stage).exists():
             shutil.copytree(src / "cas" / stage, dst / "cas" / stage, copy_function=shutil.copy2)
     return dst
+
+
+POOL = "gdig-gpu"  # the pool prefect.yaml names
+
+
+def prefect_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "prefect", *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def worker_env(server: PrefectServer) -> dict[str, str]:
+    """The environment of deployments and workers: this checkout, quick polling."""
+    return server.env(GDIG_PROJECT_DIR=str(PROJECT_ROOT), PREFECT_WORKER_QUERY_SECONDS="1",
+                      PREFECT_WORKER_PREFETCH_SECONDS="5")
+
+
+def deploy_all(env: dict[str, str]) -> str:
+    """The process pool from deployments/process-gpu.json and every deployment of prefect.yaml;
+    returns ``prefect deployment ls``."""
+    made = prefect_cli(env, "work-pool", "create", POOL, "--type", "process",
+                       "--base-job-template", str(PROJECT_ROOT / "deployments" / "process-gpu.json"), "--overwrite")
+    assert made.returncode == 0, made.stdout + made.stderr
+    deployed = prefect_cli(env, "--no-prompt", "deploy", "--all")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    return prefect_cli(env | {"COLUMNS": "250"}, "deployment", "ls").stdout
+
+
+@dataclass
+class Worker:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+
+def start_worker(env: dict[str, str], name: str, where: Path, **extra: str) -> Worker:
+    """A process worker on the pool, one flow run at a time, in its own process group."""
+    log = where / f"{name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [PY, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process", "--name", name,
+             "--limit", "1"],
+            env=env | {"GDIG_WORKER_CACHE": str(where / f"{name}-cache")} | extra, cwd=where,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return Worker(name, proc, log)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,19 @@ class OrchestrationConfig(Section):
     #: Deployment mode: longest a shard run may take once picked up (a lost worker leaves it
     #: "Running" forever); past it the run is cancelled and the shard retried.
     shard_timeout_seconds: float = Field(default=6 * 3600, gt=0)
+    #: Downstream cells (one finetune on one selection with one seed, then its evaluation): in this
+    #: process (one at a time on a CPU, one per visible GPU in parallel), or each as a flow run of
+    #: downstream_deployment on the work pool, inputs and outputs through shared_storage.
+    downstream_mode: Literal["local", "deployment"] = "local"
+    downstream_deployment: str = "gdig-downstream/gdig-downstream"
+    #: Deployment mode: longest a cell run may take once picked up; past it the run is cancelled
+    #: and the cell retried.
+    cell_timeout_seconds: float = Field(default=48 * 3600, gt=0)
+    #: Deployment mode: how often a running cell writes its heartbeat to shared storage, and how
+    #: long a Running cell may go without a new one before it counts as lost (its worker died):
+    #: then it is cancelled and retried, instead of waiting for cell_timeout_seconds.
+    heartbeat_seconds: float = Field(default=15, gt=0)
+    lost_after_seconds: float = Field(default=180, gt=0)
     #: Another run holds this run directory: wait for it (up to lock_wait_seconds) or fail at once.
     on_locked: Literal["wait", "fail"] = "wait"
     lock_wait_seconds: float = Field(default=3600, ge=0)

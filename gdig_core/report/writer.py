@@ -237,6 +237,7 @@ def build_report(
     significance: Sequence[Mapping[str, Any]] = (),
     costs: Sequence[Mapping[str, Any]] = (),
     pool_profile: Mapping[str, Any] | None = None,
+    cells: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.png``, ``comparison.csv`` and ``comparison.json``; return
     ``{"rows": ..., "markdown": ...}``.
@@ -249,6 +250,7 @@ def build_report(
     ``significance`` (gdig_core.report.comparisons.significance_rows) adds the paired tests,
     ``costs`` (comparisons.method_costs) what each method cost, ``pool_profile`` the pool's
     lengths beside each selection's; a cascade run with its ablation gets an ablation table.
+    ``cells`` lists the downstream cells with the flow run that computed each.
     """
     from gdig_core.report import comparisons as ev
 
@@ -313,6 +315,11 @@ def build_report(
                 "shortfall": s.get("shortfall")}
                for s in sorted(selections, key=lambda s: (int(s["budget"]), _order(s), s["method"]))]
     parts += ["\n## Selections\n", markdown_table(details)]
+    if cells:
+        parts += ["\n## Downstream cells\n",
+                  "Each cell is a finetune of the base model on one selection with one seed, then its evaluation "
+                  "(zero-shot: the base model's evaluation alone), with the flow run that computed it (in this "
+                  "run or an earlier one) and its seconds.\n\n", markdown_table(cells)]
     if stage_times:
         parts += ["\n## Time per stage\n", markdown_table(stage_times)]
     if notes:

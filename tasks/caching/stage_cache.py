@@ -81,6 +81,12 @@ def stage_key(stage: str, inputs: dict[str, str], config_json: str, code: str) -
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
+def key_of(stage: str, inputs: dict[str, str], config_json: str, code_modules: Iterable[str]) -> str:
+    """The key ``run_stage`` gives these arguments, without running anything (the downstream
+    cells find their outputs by it, wherever they were computed)."""
+    return stage_key(stage, inputs, config_json, code_version(code_modules))
+
+
 class StageOutput(BaseModel):
     """What a stage hands downstream: where its files are and their hashes (never tensors).
 
@@ -234,7 +240,7 @@ def run_stage(
     to the stage's ``computed``/``cached`` record (the scoring stage: rows computed and reused).
     """
     code = code_version(code_modules)
-    key = stage_key(stage, inputs, config_json, code)
+    key = key_of(stage, inputs, config_json, code_modules)
     name = label or stage
     hit = lookup(run_dir, stage, key, name)
     if hit is not None:

@@ -67,8 +67,9 @@ def with_oom_backoff(run: Callable[[int], T], batch_size: int, logger: logging.L
 
 def inject(kind: str, index: int, batch_size: int | None = None) -> None:
     """Test hook. ``GDIG_FAULTS`` is JSON such as ``{"scores:1": "oserror", "delay": 0.5,
-    "scores:2": "oom>2"}``: fail shard 1 with an OSError every time, sleep 0.5 s in every shard,
-    raise an OOM in shard 2 while the batch size is above 2. Unset in normal use."""
+    "scores:2": "oom>2"}``: fail shard 1 with an OSError every time, sleep 0.5 s in every shard
+    (and in every dispatched downstream cell, before its work), raise an OOM in shard 2 while the
+    batch size is above 2. Unset in normal use."""
     spec = os.environ.get("GDIG_FAULTS")
     if not spec:
         return

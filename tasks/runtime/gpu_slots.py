@@ -19,6 +19,7 @@ a slot is bounded by ``orchestration.gpu_slot_wait_seconds`` and logs what it wa
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,9 @@ from gdig_core.config import OrchestrationConfig
 
 #: How often a waiting task re-checks and re-logs (seconds).
 _WAIT_CHUNK = 30.0
+#: Slots this thread holds: a downstream cell holds one for its finetune and evaluation, whose
+#: own ``gpu_slot`` blocks must not take a second (with one slot per GPU that would deadlock).
+_HELD = threading.local()
 
 
 class GpuSlotTimeout(RuntimeError):
@@ -44,9 +48,11 @@ def private_local_server(run_dir: str | Path) -> bool:
     return Path(settings.home).resolve() == (Path(run_dir).resolve() / ".prefect")
 
 
-def prepare_gpu_limit(orch: OrchestrationConfig, run_dir: str | Path) -> int:
+def prepare_gpu_limit(orch: OrchestrationConfig, run_dir: str | Path, at_least: int = 1) -> int:
     """Create the GPU limit unless it exists (an operator's slot count wins); on a run-private
-    ephemeral server, release the slots dead runs left held. Returns how many were released."""
+    ephemeral server, release the slots dead runs left held. Returns how many were released.
+    ``at_least``: the GPUs this run itself uses at once (local cells, one per GPU), so a limit it
+    creates does not serialize them; an existing smaller limit is only warned about."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
@@ -55,7 +61,7 @@ def prepare_gpu_limit(orch: OrchestrationConfig, run_dir: str | Path) -> int:
 
     log = artifacts.logger()
     name = orch.gpu_concurrency_limit
-    slots = orch.gpu_slots or orch.max_workers
+    slots = orch.gpu_slots or max(orch.max_workers, at_least)
     with get_client(sync_client=True) as client:
         try:
             limit = client.read_global_concurrency_limit_by_name(name)
@@ -63,6 +69,10 @@ def prepare_gpu_limit(orch: OrchestrationConfig, run_dir: str | Path) -> int:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
             log.info("created concurrency limit %r with %d slots", name, slots)
             return 0
+        if limit.limit < at_least:
+            log.warning("concurrency limit %r has %d slot(s), but this run would use %d GPUs at once: it will "
+                        "use %d; for all, `prefect gcl update %s --limit %d`", name, limit.limit, at_least,
+                        limit.limit, name, at_least)
         stale = limit.active_slots
         if stale and private_local_server(run_dir):
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
@@ -93,14 +103,18 @@ def _advice(name: str, lease: float) -> str:
 @contextmanager
 def gpu_slot(orch: OrchestrationConfig, what: str = "GPU task") -> Iterator[None]:
     """Hold one slot of the GPU limit for the block inside a Prefect run (a no-op outside one, as
-    under ``task.fn(...)`` in unit tests)."""
+    under ``task.fn(...)`` in unit tests, and inside a block of this thread that holds one already)."""
     from prefect.context import FlowRunContext, TaskRunContext
 
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+    if (FlowRunContext.get() is None and TaskRunContext.get() is None) or getattr(_HELD, "depth", 0):
         yield
         return
     with hold_gpu_slot(orch, what):
-        yield
+        _HELD.depth = 1
+        try:
+            yield
+        finally:
+            _HELD.depth = 0
 
 
 @contextmanager

@@ -29,6 +29,16 @@ def start_records(run_dir: str | Path, run_id: str) -> Path:
     return path
 
 
+def start_records_at(path: Path) -> None:
+    """Append to an existing record file (a child process working for the run that opened it)."""
+    _CURRENT["path"] = Path(path)
+
+
+def current_records() -> Path | None:
+    """The record file this process appends to, if any."""
+    return _CURRENT.get("path")
+
+
 def record(event: str, stage: str, **fields: Any) -> None:
     """Append one event (``computed``, ``cached``, ``shard_computed``, ``shard_skipped``, ...)."""
     path = _CURRENT.get("path")

@@ -13,6 +13,7 @@ from gdig_core.config import GdigConfig
 from gdig_core.io import text_sha256
 from tasks.caching.stage_cache import StageOutput, run_stage
 from tasks.caching.stage_keys import key_parts, stage_calls
+from tasks.stages.cells import CellResult
 from tasks.stages.common import TASK_OPTS, stage_state
 from tasks.stages.downstream import noise_labels
 from tasks.stages.qe import QE_FILE
@@ -65,6 +66,24 @@ def evaluation_hyps(
     return hyps, refs
 
 
+def cell_rows(cells: list[CellResult]) -> list[dict[str, Any]]:
+    """One row per downstream cell: its selection and seed, the flow run that computed it (in
+    this run or an earlier one), its seconds and BLEU per test set."""
+    from gdig_core.report import metric_table
+
+    rows = []
+    for c in cells:
+        summary = (c.model or c.evaluation).summary if (c.model or c.evaluation) else {}
+        row: dict[str, Any] = {"cell": c.label, "method": summary.get("method"), "budget": summary.get("budget"),
+                               "seed": summary.get("seed"), "flow run": c.ran_in or "-"}
+        for name, out in (("finetune_s", c.model), ("evaluation_s", c.evaluation)):
+            row[name] = round(out.seconds, 1) if out is not None and out.seconds is not None else None
+        if c.evaluation is not None:
+            row |= {f"{t}/bleu": ms.get("bleu") for t, ms in metric_table(c.evaluation.summary.get("metrics", {})).items()}
+        rows.append(row)
+    return rows
+
+
 def score_path_note(label: str, summary: dict[str, Any]) -> str:
     """Which path produced the scores at one model, and how many rows this run computed."""
     rows = f"{summary.get('rows_scored')} rows computed and {summary.get('rows_reused')} reused from earlier runs when these scores were made"
@@ -80,9 +99,10 @@ def score_path_note(label: str, summary: dict[str, Any]) -> str:
 def report_task(
     cfg: GdigConfig, run_dir: str, data: StageOutput, scores: dict[str, StageOutput],
     selections: list[StageOutput], evaluations: list[StageOutput], stages: list[StageOutput],
-    command: str | None = None, qe: StageOutput | None = None,
+    command: str | None = None, qe: StageOutput | None = None, cells: list[CellResult] | None = None,
 ) -> StageOutput:
     calls = stage_calls("report", cfg, command=command)
+    cells_table = cell_rows(cells or [])
 
     labels = noise_labels(data)
 
@@ -124,6 +144,7 @@ def report_task(
             eval_rows, sel_rows, out, notes=notes, score_aucs=aucs, histogram=histogram, stage_times=times,
             significance=significance, costs=method_costs(sel_rows, times),
             pool_profile=length_profile(pool_table.column("src").to_pylist(), pool_table.column("tgt").to_pylist()),
+            cells=cells_table,
         )
         return {"rows": result["rows"], "score_aucs": aucs, "significance": significance}
 
@@ -136,6 +157,7 @@ def report_task(
               "scores": text_sha256(*sorted(f"{k}={o.digest()}:{score_path_note(k, o.summary)}" for k, o in scores.items())),
               "data": data.digest(),
               "qe": qe.digest() if qe is not None else "none",
-              "stages": text_sha256(json.dumps(stage_times(stages), sort_keys=True))}
+              "stages": text_sha256(json.dumps(stage_times(stages), sort_keys=True)),
+              "cells": text_sha256(json.dumps(cells_table, sort_keys=True))}
     result = run_stage(run_dir, "report", inputs, *key_parts(calls), compute)
     return stage_state(result, result.cached, "report")

@@ -1,6 +1,6 @@
 """What the pipeline does before its first stage: take the run directory's lock, clear what killed
 runs left behind, check everything that can be checked up front, and make sure the GPU limit and
-(in deployment mode) the shard deployment and a worker are there. Each step fails fast with a
+(in deployment mode) the shard and downstream deployments and a worker are there. Each step fails fast with a
 message that says what is wrong and how to fix it."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from gdig_core.preflight import preflight
 from tasks.caching.stage_cache import sweep_temporaries
 from tasks.runtime import artifacts, run_lock
 from tasks.runtime.gpu_slots import prepare_gpu_limit
-from tasks.sharding.dispatch import check_shard_deployment, wait_for_worker
+from tasks.sharding.dispatch import cell_target, check_deployment, shard_target, wait_for_worker
+from tasks.stages.grid import local_parallelism
 from tasks.stages.pins import check_pins
 
 
@@ -28,11 +29,17 @@ def begin_run(cfg: GdigConfig, run_dir: str | Path) -> None:
     preflight(cfg)
     check_pins(cfg)  # every byte of a pinned model and factor set, before any stage
     save_run_config(cfg, run_dir)
-    prepare_gpu_limit(orch, run_dir)
-    if orch.shard_mode == "deployment":
-        pool = check_shard_deployment(orch)
+    # Local cells on several GPUs each hold a slot at once.
+    prepare_gpu_limit(orch, run_dir, at_least=local_parallelism(cfg) if orch.downstream_mode == "local" else 1)
+    if orch.downstream_mode == "deployment" and orch.lost_after_seconds < 2 * orch.heartbeat_seconds:
+        raise ValueError(f"orchestration.lost_after_seconds ({orch.lost_after_seconds:g}) must be at least twice "
+                         f"heartbeat_seconds ({orch.heartbeat_seconds:g}): a cell would count as lost between two beats")
+    targets = ([shard_target(orch)] if orch.shard_mode == "deployment" else []) + (
+        [cell_target(orch)] if orch.downstream_mode == "deployment" else [])
+    for target in targets:
+        pool = check_deployment(target)
         workers = wait_for_worker(pool, orch)
-        log.info("shard deployment %r on work pool %r: %d worker(s) online", orch.shard_deployment, pool, workers)
+        log.info("%s deployment %r on work pool %r: %d worker(s) online", target.unit, target.deployment, pool, workers)
 
 
 RUN_CONFIG = "run_config.yaml"

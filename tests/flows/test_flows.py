@@ -41,6 +41,18 @@ def test_prefect_yaml_parameters_validate() -> None:
     cfg = GdigConfig.model_validate(names["gdig-pipeline"]["parameters"]["config"])
     assert cfg.orchestration.shard_mode == "deployment"
     assert cfg.orchestration.shard_deployment == "gdig-shard/" + names["gdig-shard"]["name"]
+    # The nightly run dispatches its downstream cells to the downstream deployment's flow.
+    assert cfg.orchestration.downstream_mode == "deployment"
+    flow_name, deployment = cfg.orchestration.downstream_deployment.split("/")
+    assert names[deployment]["entrypoint"] == "flows/downstream.py:cell_flow"
+    from flows.downstream import cell_flow
+
+    assert cell_flow.name == flow_name
+    # The Kubernetes template: valid JSON, one GPU per flow run (a shard, a cell), the shared PVC.
+    k8s = json.loads((PROJECT_ROOT / "deployments" / "kubernetes-gpu.json").read_text())
+    props = k8s["variables"]["properties"]
+    assert props["gpu_count"]["default"] == 1 and props["shared_pvc"]["default"]
+    assert props["env"]["default"]["GDIG_WORKER_CACHE"].startswith(props["shared_mount_path"]["default"])
     assert load_config(PROJECT_ROOT / "configs" / "test-tiny.yaml").data.pool.sample == 64
 
 

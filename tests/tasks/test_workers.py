@@ -5,44 +5,23 @@ selection must equal the in-process run's."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from prefect_fixtures import PROJECT_ROOT, PY, copy_run, run_pipeline, selected_ids, stop
-
-POOL = "gdig-gpu"  # the pool prefect.yaml names
-
-
-def _prefect(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "prefect", *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=300)
+from prefect_fixtures import copy_run, deploy_all, run_pipeline, selected_ids, start_worker, stop, worker_env
 
 
 @pytest.mark.slow
 def test_shards_on_two_workers_match_in_process(prefect_server, baseline_run, tmp_path: Path) -> None:
-    env = prefect_server.env(GDIG_PROJECT_DIR=str(PROJECT_ROOT), PREFECT_WORKER_QUERY_SECONDS="1",
-                             PREFECT_WORKER_PREFETCH_SECONDS="5")
-    made = _prefect(env, "work-pool", "create", POOL, "--type", "process",
-                    "--base-job-template", str(PROJECT_ROOT / "deployments" / "process-gpu.json"), "--overwrite")
-    assert made.returncode == 0, made.stdout + made.stderr
-    deployed = _prefect(env, "--no-prompt", "deploy", "--all")
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    listed = _prefect(env, "deployment", "ls")
-    assert "gdig-shard/gdig-shard" in listed.stdout and "gdig-pipeline/gdig-pipeline" in listed.stdout, listed.stdout
+    env = worker_env(prefect_server)
+    listed = deploy_all(env)
+    assert "gdig-shard/gdig-shard" in listed and "gdig-pipeline/gdig-pipeline" in listed, listed
 
-    workers, logs = [], []
+    workers = []
     try:
         for name in ("worker-a", "worker-b"):
-            log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed below
-            logs.append(log)
-            workers.append(subprocess.Popen(
-                [PY, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process", "--name", name,
-                 "--limit", "1"],
-                env=env | {"GDIG_WORKER_CACHE": str(tmp_path / f"{name}-cache")}, cwd=tmp_path,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))
+            workers.append(start_worker(env, name, tmp_path))
         time.sleep(3)
         run_dir = copy_run(baseline_run.run_dir, tmp_path / "run", ["data", "base-model", "reference"])
         run = run_pipeline(prefect_server, run_dir, [
@@ -55,9 +34,7 @@ def test_shards_on_two_workers_match_in_process(prefect_server, baseline_run, tm
         ])
     finally:
         for w in workers:
-            stop(w)
-        for log in logs:
-            log.close()
+            stop(w.proc)
     assert run.returncode == 0, run.output[-6000:]
     shards = {stage: len(run.events("shard_computed", stage)) for stage in ("curvature/covariance", "curvature/lambda", "scoring")}
     assert shards == {"curvature/covariance": 2, "curvature/lambda": 2, "scoring": 4}, shards
