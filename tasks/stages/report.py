@@ -69,7 +69,7 @@ def evaluation_hyps(
 def cell_rows(cells: list[CellResult]) -> list[dict[str, Any]]:
     """One row per downstream cell: its selection and seed, the flow run that computed it (in
     this run or an earlier one), its seconds and BLEU per test set."""
-    from gdig_core.report import metric_table
+    from gdig_core.report.writer import metric_table
 
     rows = []
     for c in cells:
