@@ -40,6 +40,11 @@ def test_prefect_yaml_parameters_validate() -> None:
     assert names["gdig-pipeline"]["schedules"][0]["cron"]
     cfg = GdigConfig.model_validate(names["gdig-pipeline"]["parameters"]["config"])
     assert cfg.orchestration.shard_mode == "deployment"
+    # The nightly selection follows the held-out tuning runs (docs/choosing.md): no EK-FAC with
+    # tau 1.0 (it selected almost nothing by quality on Gemma), the best cascade as gdig.
+    gdig = next(m for m in cfg.selection.methods if m.name == "gdig")
+    assert cfg.curvature.method == "identity" and not cfg.reference.enabled and cfg.qe.enabled
+    assert cfg.selection.quality_rule == "topk" and gdig.prefilter == ["opusfilter", "qe"]
     assert cfg.orchestration.shard_deployment == "gdig-shard/" + names["gdig-shard"]["name"]
     # The nightly run dispatches its downstream cells to the downstream deployment's flow.
     assert cfg.orchestration.downstream_mode == "deployment"
