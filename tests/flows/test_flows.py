@@ -43,6 +43,10 @@ def test_prefect_yaml_parameters_validate() -> None:
     # The nightly selection follows the held-out tuning runs (docs/choosing.md): no EK-FAC with
     # tau 1.0 (it selected almost nothing by quality on Gemma), the best cascade as gdig.
     gdig = next(m for m in cfg.selection.methods if m.name == "gdig")
+    # Prefect checks deployment parameters against the JSON schema, where a method is an object
+    # (the short name "random" that pydantic accepts made `prefect deploy` fail with 422).
+    raw_methods = names["gdig-pipeline"]["parameters"]["config"]["selection"]["methods"]
+    assert all(isinstance(m, dict) for m in raw_methods), raw_methods
     assert cfg.curvature.method == "identity" and not cfg.reference.enabled and cfg.qe.enabled
     assert cfg.selection.quality_rule == "topk" and gdig.prefilter == ["opusfilter", "qe"]
     assert cfg.orchestration.shard_deployment == "gdig-shard/" + names["gdig-shard"]["name"]
