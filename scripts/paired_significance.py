@@ -11,23 +11,24 @@ and seed (``all``: the seeds pooled).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gdig_core.evaluation.evaluate import read_lines  # noqa: E402
 from gdig_core.evaluation.significance import compare_methods  # noqa: E402
+from tasks.caching.stage_cache import stage_dir  # noqa: E402
+from tasks.runtime.records import read_records  # noqa: E402
 
 
 def evaluation_dirs(run_dir: Path) -> dict[str, Path]:
     """``evaluation/<method>/b<budget>/s<seed>`` -> its directory, from every record file."""
     found: dict[str, Path] = {}
     for path in sorted((run_dir / "records").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
+        for rec in read_records(path):
             if str(rec.get("stage", "")).startswith("evaluation/") and rec.get("event") in ("computed", "cached"):
-                found[rec["stage"]] = run_dir / "cas" / "evaluation" / rec["key"][:24]
+                found[rec["stage"]] = stage_dir(run_dir, "evaluation", rec["key"])
     return found
 
 
@@ -36,7 +37,7 @@ def method_hypotheses(dirs: dict[str, Path], method: str) -> dict[int, dict[str,
     for stage, d in dirs.items():
         parts = stage.split("/")
         if len(parts) == 4 and parts[1] == method and parts[3].startswith("s"):
-            out[int(parts[3][1:])] = {t.name: next(t.glob("hypotheses.*")).read_text().splitlines()
+            out[int(parts[3][1:])] = {t.name: read_lines(next(t.glob("hypotheses.*")))
                                       for t in sorted(d.iterdir()) if t.is_dir()}
     if not out:
         raise SystemExit(f"no evaluated cell of method {method!r} in the run's records")
@@ -53,7 +54,7 @@ def main() -> None:
     dirs = evaluation_dirs(args.run_dir)
     system = method_hypotheses(dirs, args.system)
     first = dirs[next(k for k in dirs if k.split("/")[1:2] == [args.system])]
-    refs = {t.name: next(t.glob("reference.*")).read_text().splitlines() for t in sorted(first.iterdir()) if t.is_dir()}
+    refs = {t.name: read_lines(next(t.glob("reference.*"))) for t in sorted(first.iterdir()) if t.is_dir()}
     print("| system | baseline | test | metric | seed | sentences | system | baseline | delta | p |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for base in args.baselines:
